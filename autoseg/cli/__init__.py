@@ -1,0 +1,5 @@
+"""The `autoseg` command line: thin argparse handlers over the Python API."""
+
+from autoseg.cli.main import main
+
+__all__ = ["main"]

@@ -1,0 +1,7 @@
+"""Commands: plan."""
+
+from __future__ import annotations
+
+
+def add_parsers(sub, common, fmt) -> None:
+    pass

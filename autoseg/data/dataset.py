@@ -1,0 +1,195 @@
+"""A raw dataset in nnU-Net v2's layout: dataset.json, imagesTr/CASE_XXXX.ext, labelsTr/CASE.ext, imagesTs/.
+
+`parse_dataset_json` returns the spec and the list of problems (so `verify` can report them all at once);
+`load_dataset` raises on the first problem; `list_cases` pairs channel files and labels by case id.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from autoseg.errors import DatasetError
+from autoseg.serialization import load_json
+
+REQUIRED_KEYS = ("channel_names", "labels", "numTraining", "file_ending")
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    folder: Path
+    name: str
+    channel_names: tuple[str, ...]  # index = channel number (file suffix _0000, _0001, ...)
+    labels: dict[str, int]  # label name -> value, background included
+    num_training: int
+    file_ending: str
+
+    @property
+    def num_channels(self) -> int:
+        return len(self.channel_names)
+
+    @property
+    def label_values(self) -> tuple[int, ...]:
+        return tuple(sorted(set(self.labels.values())))
+
+    @property
+    def foreground_labels(self) -> tuple[int, ...]:
+        return tuple(v for v in self.label_values if v != 0)
+
+    @property
+    def label_names(self) -> dict[int, str]:
+        return {v: k for k, v in self.labels.items()}
+
+    @property
+    def rgb(self) -> bool:
+        """One 3-channel file per case (RGB PNG/BMP/TIFF) instead of one file per channel."""
+        return self.file_ending in (".png", ".bmp", ".tif", ".tiff") and [c.lower() for c in self.channel_names] in (
+            ["r", "g", "b"],
+            ["red", "green", "blue"],
+        )
+
+
+@dataclass(frozen=True)
+class Case:
+    case_id: str
+    images: tuple[Path, ...]  # one file per channel (one RGB file for RGB datasets)
+    label: Path | None
+
+
+def parse_dataset_json(folder: str | Path) -> tuple[DatasetSpec | None, list[str]]:
+    """Read `folder/dataset.json` -> (spec or None, problems). Each problem names the file and the defect."""
+    folder = Path(folder)
+    path = folder / "dataset.json"
+    if not path.is_file():
+        return None, [f"{path}: dataset.json is missing"]
+    try:
+        data = load_json(path)
+    except ValueError as exc:
+        return None, [str(exc)]
+    if not isinstance(data, dict):
+        return None, [f"{path}: must hold a JSON object, found {type(data).__name__}"]
+    problems = [f"{path}: required key {k!r} is missing" for k in REQUIRED_KEYS if k not in data]
+    if "channel_names" not in data and "modality" in data:  # nnU-Net v1 name
+        problems = [p for p in problems if "channel_names" not in p]
+        data = {**data, "channel_names": data["modality"]}
+    if problems:
+        return None, problems
+
+    channels = data["channel_names"]
+    if not isinstance(channels, dict) or not channels:
+        problems.append(f'{path}: "channel_names" must be a non-empty object like {{"0": "CT"}}')
+    elif sorted(channels, key=lambda k: int(k) if str(k).isdigit() else -1) != [str(i) for i in range(len(channels))]:
+        problems.append(f'{path}: "channel_names" keys must be "0", "1", ... in order, found {list(channels)}')
+    elif not all(isinstance(v, str) for v in channels.values()):
+        problems.append(f'{path}: "channel_names" values must be strings')
+
+    labels = data["labels"]
+    if not isinstance(labels, dict) or not labels:
+        problems.append(f'{path}: "labels" must be a non-empty object like {{"background": 0, "organ": 1}}')
+    else:
+        bad = {k: v for k, v in labels.items() if isinstance(v, bool) or not isinstance(v, int)}
+        if bad:
+            problems.append(
+                f'{path}: "labels" values must be integers; bad: {bad} (region labels are not supported yet)'
+            )
+        else:
+            values = sorted(set(labels.values()))
+            if values[0] != 0:
+                problems.append(f'{path}: "labels" must contain background = 0, found values {values}')
+            elif values != list(range(len(values))):
+                problems.append(f"{path}: label values must be consecutive from 0 (0, 1, 2, ...), found {values}")
+            if len(values) != len(labels):
+                problems.append(f"{path}: two label names share one value: {labels}")
+
+    n = data["numTraining"]
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        problems.append(f'{path}: "numTraining" must be a positive integer, found {n!r} ({type(n).__name__})')
+
+    ending = data["file_ending"]
+    if not isinstance(ending, str) or not ending.startswith("."):
+        problems.append(f'{path}: "file_ending" must be a string like ".nii.gz", found {ending!r}')
+    else:
+        from autoseg.data.image_io import check_ending
+        from autoseg.errors import ImageIOError
+
+        try:
+            check_ending(ending, f'{path}: "file_ending"')
+        except ImageIOError as exc:
+            problems.append(str(exc))
+
+    if problems:
+        return None, problems
+    name = folder.name
+    spec = DatasetSpec(
+        folder=folder,
+        name=name,
+        channel_names=tuple(channels[str(i)] for i in range(len(channels))),
+        labels=dict(labels),
+        num_training=n,
+        file_ending=ending,
+    )
+    return spec, []
+
+
+def load_dataset(folder: str | Path) -> DatasetSpec:
+    """Load dataset.json, raising DatasetError with every problem found in it."""
+    spec, problems = parse_dataset_json(folder)
+    if spec is None:
+        raise DatasetError("\n".join(problems))
+    return spec
+
+
+def _channel_re(ending: str) -> re.Pattern[str]:
+    return re.compile(r"^(?P<case>.+)_(?P<ch>\d{4})" + re.escape(ending) + "$")
+
+
+def list_cases(
+    spec: DatasetSpec, images_dir: str = "imagesTr", labels_dir: str | None = "labelsTr"
+) -> tuple[list[Case], list[str]]:
+    """Pair channel files with labels -> (cases sorted by id, problems: missing/extra/unmatched files)."""
+    img_dir = spec.folder / images_dir
+    problems: list[str] = []
+    if not img_dir.is_dir():
+        return [], [f"{img_dir}: folder is missing"]
+    pattern = _channel_re(spec.file_ending)
+    by_case: dict[str, dict[int, Path]] = {}
+    for p in sorted(img_dir.iterdir()):
+        if p.name.startswith("."):
+            continue
+        m = pattern.match(p.name)
+        if not m:
+            problems.append(f"{p}: file name does not follow CASE_XXXX{spec.file_ending} (4-digit channel index)")
+            continue
+        by_case.setdefault(m.group("case"), {})[int(m.group("ch"))] = p
+    n_files = 1 if spec.rgb else spec.num_channels
+    lab_dir = spec.folder / labels_dir if labels_dir else None
+    labels: dict[str, Path] = {}
+    if lab_dir is not None:
+        if not lab_dir.is_dir():
+            problems.append(f"{lab_dir}: folder is missing")
+        else:
+            for p in sorted(lab_dir.iterdir()):
+                if p.name.startswith("."):
+                    continue
+                if not p.name.endswith(spec.file_ending):
+                    problems.append(f"{p}: file ending differs from dataset.json's file_ending {spec.file_ending!r}")
+                    continue
+                labels[p.name[: -len(spec.file_ending)]] = p
+    cases = []
+    for cid in sorted(by_case):
+        chans = by_case[cid]
+        missing = [i for i in range(n_files) if i not in chans]
+        extra = sorted(set(chans) - set(range(n_files)))
+        for i in missing:
+            problems.append(f"{img_dir / f'{cid}_{i:04d}{spec.file_ending}'}: channel file is missing (case {cid!r})")
+        for i in extra:
+            problems.append(f"{chans[i]}: channel {i} is not declared in dataset.json's channel_names")
+        label = labels.get(cid)
+        if lab_dir is not None and label is None and lab_dir.is_dir():
+            problems.append(f"{lab_dir / (cid + spec.file_ending)}: label file is missing (case {cid!r})")
+        if not missing:
+            cases.append(Case(cid, tuple(chans[i] for i in range(n_files)), label))
+    for cid in sorted(set(labels) - set(by_case)):
+        problems.append(f"{labels[cid]}: label file has no matching image ({cid}_0000{spec.file_ending})")
+    return cases, problems

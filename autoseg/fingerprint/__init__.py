@@ -1,0 +1,1 @@
+"""Dataset fingerprint: what the planner needs to know about a dataset, extracted once."""

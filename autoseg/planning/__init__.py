@@ -1,0 +1,1 @@
+"""Rule-based planning: fingerprint -> Plans (configurations, patch/batch size, network topology)."""

@@ -1,0 +1,1 @@
+"""Preprocessing: transpose, crop to nonzero, normalise, resample; storage of training-ready cases."""

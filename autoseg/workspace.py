@@ -1,0 +1,131 @@
+"""Every on-disk path of autoseg, and dataset id -> folder resolution.
+
+Layout under the workspace root::
+
+    raw/DatasetXXX_Name/{dataset.json, imagesTr/, labelsTr/, imagesTs/}
+    preprocessed/DatasetXXX_Name/{fingerprint.json, fingerprint_cases.csv, plans.json, splits.json, <config>/...}
+    results/DatasetXXX_Name/<plans>/<config>/<trainer>/fold_<k>/
+
+The root comes from ``--workspace``, else ``AUTOSEG_HOME``, else ``~/autoseg_workspace``; each of the three folders
+can be moved with ``AUTOSEG_RAW`` / ``AUTOSEG_PREPROCESSED`` / ``AUTOSEG_RESULTS``, and nnU-Net's ``nnUNet_raw`` /
+``nnUNet_preprocessed`` / ``nnUNet_results`` are honoured when ours are unset.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from autoseg.errors import WorkspaceError
+
+DEFAULT_ROOT = Path("~/autoseg_workspace")
+_DATASET_RE = re.compile(r"^Dataset(\d{3})_(.+)$")
+
+
+@dataclass(frozen=True)
+class Workspace:
+    root: Path
+    raw: Path
+    preprocessed: Path
+    results: Path
+    root_source: str = "--workspace"  # where the root came from, for messages
+
+    @classmethod
+    def from_env(cls, workspace: str | None, environ: Mapping[str, str]) -> Workspace:
+        """Resolve the folders from the --workspace flag and the environment (read once, by the CLI)."""
+        if workspace:
+            root, source = Path(workspace), "--workspace"
+        elif environ.get("AUTOSEG_HOME"):
+            root, source = Path(environ["AUTOSEG_HOME"]), "AUTOSEG_HOME"
+        else:
+            root, source = DEFAULT_ROOT, "default"
+        root = root.expanduser()
+
+        def pick(ours: str, theirs: str, sub: str) -> Path:
+            value = environ.get(ours) or environ.get(theirs)
+            return Path(value).expanduser() if value else root / sub
+
+        return cls(
+            root=root,
+            raw=pick("AUTOSEG_RAW", "nnUNet_raw", "raw"),
+            preprocessed=pick("AUTOSEG_PREPROCESSED", "nnUNet_preprocessed", "preprocessed"),
+            results=pick("AUTOSEG_RESULTS", "nnUNet_results", "results"),
+            root_source=source,
+        )
+
+    @classmethod
+    def at(cls, root: str | Path) -> Workspace:
+        """A workspace with the standard layout under `root` (for the Python API and tests)."""
+        root = Path(root)
+        return cls(root, root / "raw", root / "preprocessed", root / "results")
+
+    # ---- dataset ids --------------------------------------------------------------------------------
+    def datasets(self) -> list[str]:
+        """Names of all DatasetXXX_Name folders in raw, preprocessed and results."""
+        names: set[str] = set()
+        for base in (self.raw, self.preprocessed, self.results):
+            if base.is_dir():
+                names.update(p.name for p in base.iterdir() if p.is_dir() and _DATASET_RE.match(p.name))
+        return sorted(names)
+
+    def resolve(self, ident: str | int) -> str:
+        """`4`, `004` or `Dataset004_Hippocampus` -> `Dataset004_Hippocampus`; errors list what exists."""
+        text = str(ident).strip()
+        existing = self.datasets()
+        if text.startswith("Dataset"):
+            matches = [text] if text in existing else []
+        elif text.isdigit():
+            matches = [n for n in existing if _DATASET_RE.match(n).group(1) == f"{int(text):03d}"]
+        else:
+            raise WorkspaceError(f"dataset id {text!r} is neither a number (4, 004) nor a name (Dataset004_Name)")
+        if len(matches) == 1:
+            return matches[0]
+        where = f"{self.raw}, {self.preprocessed}, {self.results}"
+        listing = ", ".join(existing) if existing else "none"
+        if not matches:
+            raise WorkspaceError(f"no dataset matches {text!r} in {where}. Datasets found: {listing}")
+        raise WorkspaceError(f"dataset id {text!r} is ambiguous: {', '.join(matches)}. Use the full name.")
+
+    @staticmethod
+    def dataset_number(name: str) -> int:
+        m = _DATASET_RE.match(name)
+        if not m:
+            raise WorkspaceError(f"{name!r} is not a dataset folder name (expected DatasetXXX_Name)")
+        return int(m.group(1))
+
+    # ---- paths --------------------------------------------------------------------------------------
+    def raw_dataset(self, name: str) -> Path:
+        return self.raw / name
+
+    def preprocessed_dataset(self, name: str) -> Path:
+        return self.preprocessed / name
+
+    def results_dataset(self, name: str) -> Path:
+        return self.results / name
+
+    def fingerprint_file(self, name: str) -> Path:
+        return self.preprocessed / name / "fingerprint.json"
+
+    def fingerprint_table(self, name: str) -> Path:
+        return self.preprocessed / name / "fingerprint_cases.csv"
+
+    def plans_file(self, name: str, plans_name: str = "default") -> Path:
+        stem = "plans" if plans_name == "default" else f"plans_{plans_name}"
+        return self.preprocessed / name / f"{stem}.json"
+
+    def splits_file(self, name: str) -> Path:
+        return self.preprocessed / name / "splits.json"
+
+    def preprocessed_config(self, name: str, data_identifier: str) -> Path:
+        return self.preprocessed / name / data_identifier
+
+    def gt_folder(self, name: str) -> Path:
+        return self.preprocessed / name / "gt_segmentations"
+
+    def run_dir(self, name: str, plans_name: str, config: str, trainer: str, fold: int | str) -> Path:
+        return self.results / name / plans_name / config / trainer / f"fold_{fold}"
+
+    def selection_file(self, name: str) -> Path:
+        return self.results / name / "selection.json"
