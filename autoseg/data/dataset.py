@@ -144,6 +144,26 @@ def _channel_re(ending: str) -> re.Pattern[str]:
     return re.compile(r"^(?P<case>.+)_(?P<ch>\d{4})" + re.escape(ending) + "$")
 
 
+def _naming_problem(path: Path, ending: str) -> str:
+    if path.is_dir():
+        return f"{path}: unexpected folder (only CASE_XXXX{ending} files belong here)"
+    if not path.name.endswith(ending):
+        from autoseg.data.image_io import file_ending
+
+        return f"{path}: file ending {file_ending(path)!r} differs from dataset.json's file_ending {ending!r}"
+    return f"{path}: file name does not follow CASE_XXXX{ending} (4-digit channel index)"
+
+
+def image_case_ids(spec: DatasetSpec, images_dir: str = "imagesTr") -> list[str]:
+    """Sorted ids of every case that has at least one correctly named channel file in `images_dir`."""
+    folder = spec.folder / images_dir
+    if not folder.is_dir():
+        return []
+    pattern = _channel_re(spec.file_ending)
+    ids = {m.group("case") for p in folder.iterdir() if not p.name.startswith(".") and (m := pattern.match(p.name))}
+    return sorted(ids)
+
+
 def list_cases(
     spec: DatasetSpec, images_dir: str = "imagesTr", labels_dir: str | None = "labelsTr"
 ) -> tuple[list[Case], list[str]]:
@@ -159,7 +179,7 @@ def list_cases(
             continue
         m = pattern.match(p.name)
         if not m:
-            problems.append(f"{p}: file name does not follow CASE_XXXX{spec.file_ending} (4-digit channel index)")
+            problems.append(_naming_problem(p, spec.file_ending))
             continue
         by_case.setdefault(m.group("case"), {})[int(m.group("ch"))] = p
     n_files = 1 if spec.rgb else spec.num_channels

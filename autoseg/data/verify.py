@@ -1,0 +1,349 @@
+"""Integrity check of a raw dataset: every problem of dataset.json and of every case, collected before reporting.
+
+`verify_dataset(folder, jobs)` returns a `VerifyReport`; each problem is one line "path: what is wrong", sorted so
+that two runs print the same text. Case files are read in parallel (joblib, one case per task, so memory stays at
+about one case per worker). Nothing here raises for a broken dataset: unreadable files become problems.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from autoseg.data.dataset import Case, DatasetSpec, image_case_ids, list_cases, parse_dataset_json
+from autoseg.data.geometry import Geometry
+from autoseg.data.image_io import SUPPORTED_ENDINGS, read_file
+from autoseg.errors import DatasetError, ImageIOError
+from autoseg.log import progress
+from autoseg.serialization import load_json
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    dataset: str
+    n_cases: int
+    problems: tuple[str, ...]
+    warnings: tuple[str, ...] = ()
+    n_channels: int = 0
+    label_values: tuple[int, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def summary(self) -> str:
+        """One line for a clean dataset, e.g. "Dataset004_Hippocampus: 260 cases, 1 channel, labels 0-2: OK"."""
+        ch = f"{self.n_channels} channel{'s' if self.n_channels != 1 else ''}"
+        labels = f"labels {min(self.label_values)}-{max(self.label_values)}" if self.label_values else "no labels"
+        return f"{self.dataset}: {self.n_cases} cases, {ch}, {labels}: {'OK' if self.ok else 'FAILED'}"
+
+    def problem_text(self) -> str:
+        """A count header followed by one problem per line."""
+        n = len(self.problems)
+        head = f"{self.dataset}: {n} problem{'s' if n != 1 else ''} found ({self.n_cases} cases):"
+        return "\n".join([head, *self.problems])
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """What every case must satisfy, derived from dataset.json (label_values None: labels unknown, not checked)."""
+
+    rgb: bool
+    n_channels: int
+    label_values: tuple[int, ...] | None
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    case_id: str
+    problems: tuple[str, ...]
+    first_file: Path | None  # the file that fixed the case's dimension
+    dim: int | None  # 2 or 3, None if no image could be read
+    label_values: tuple[int, ...]
+
+
+# ---- per case (runs in worker processes) -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class NiftiLayout:
+    end: int  # bytes the file must hold: header + voxel data
+    offset: int  # where the voxel data starts
+    float_dtype: np.dtype | None  # set for float32/float64 voxels, whose NaN/Inf need a raw scan
+
+
+def nifti_layout(header: bytes) -> NiftiLayout | None:
+    """Parse the first 540 bytes of a NIfTI-1/2 file (either byte order); None if they are not a NIfTI header."""
+    for order in "<>":
+        size = struct.unpack(order + "i", header[:4])[0] if len(header) >= 4 else 0
+        if size == 348 and len(header) >= 348:
+            dims, (datatype, bitpix) = (
+                struct.unpack(order + "8h", header[40:56]),
+                struct.unpack(order + "2h", header[70:74]),
+            )
+            offset = int(struct.unpack(order + "f", header[108:112])[0])
+        elif size == 540 and len(header) >= 540:
+            dims, (datatype, bitpix) = (
+                struct.unpack(order + "8q", header[16:80]),
+                struct.unpack(order + "2h", header[12:16]),
+            )
+            offset = struct.unpack(order + "q", header[168:176])[0]
+        else:
+            continue
+        if not 1 <= dims[0] <= 7 or any(d < 1 for d in dims[1 : dims[0] + 1]) or bitpix < 1:
+            return None
+        offset = max(offset, size)
+        dtype = {16: np.dtype(order + "f4"), 64: np.dtype(order + "f8")}.get(datatype)
+        return NiftiLayout(offset + math.prod(dims[1 : dims[0] + 1]) * bitpix // 8, offset, dtype)
+    return None
+
+
+def scan_nifti(path: Path) -> tuple[str | None, str | None]:
+    """Defects of a .nii/.nii.gz file visible only in its raw bytes, which ITK's reader hides: a truncated file
+    or gzip stream (read as zeros) and NaN/Inf voxels (read as 0). Returns (broken, non-finite) problem texts.
+    Streams the file, so memory stays small."""
+    name = path.name.lower()
+    if not name.endswith((".nii", ".nii.gz")) or not path.is_file() or path.stat().st_size == 0:
+        return None, None
+    n_bad, total = [0, 0], 0
+    try:
+        with (gzip.open if name.endswith(".gz") else open)(path, "rb") as fh:
+            chunk, pos, carry = fh.read(540), 0, b""
+            layout = nifti_layout(chunk)
+            while chunk:
+                total += len(chunk)
+                if layout is not None and layout.float_dtype is not None:
+                    data = carry + chunk[max(layout.offset - pos, 0) : max(layout.end - pos, 0)]
+                    usable = len(data) - len(data) % layout.float_dtype.itemsize
+                    values, carry = np.frombuffer(data[:usable], layout.float_dtype), data[usable:]
+                    n_bad[0] += int(np.isnan(values).sum())
+                    n_bad[1] += int(np.isinf(values).sum())
+                pos += len(chunk)
+                chunk = fh.read(1 << 22)
+    except (EOFError, OSError, zlib.error) as exc:
+        return f"{path}: file is truncated or corrupt ({' '.join(str(exc).split())[:150]})", None
+    if layout is not None and total < layout.end:
+        return f"{path}: file is truncated: the header announces {layout.end} bytes but only {total} are present", None
+    if any(n_bad):
+        return (
+            None,
+            f"{path}: contains {n_bad[0]} NaN and {n_bad[1]} Inf voxels (the reader would silently make them 0)",
+        )
+    return None, None
+
+
+def _read(path: Path, problems: list[str]) -> tuple[np.ndarray, Geometry] | None:
+    broken, non_finite = scan_nifti(path)
+    problems += [p for p in (broken, non_finite) if p]
+    if broken:
+        return None
+    try:
+        return read_file(path)
+    except ImageIOError as exc:
+        problems.append(str(exc))
+    except Exception as exc:  # noqa: BLE001 - any reader failure is a finding about this file, not a crash
+        problems.append(f"{path}: cannot be read ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})")
+    return None
+
+
+def _component_problems(path: Path, n_comp: int, expect: Expectation) -> list[str]:
+    if expect.rgb and n_comp != 3:
+        kind = "a grayscale file" if n_comp == 1 else f"{n_comp} components per pixel"
+        return [f"{path}: is {kind} but channel_names declares 3 channels (R, G, B) held in one RGB file"]
+    if not expect.rgb and n_comp != 1:
+        return [
+            f"{path}: has {n_comp} components per pixel (RGB/vector file) but dataset.json expects one channel "
+            f"per file ({expect.n_channels} channel(s) in channel_names)"
+        ]
+    return []
+
+
+def _finite_problems(path: Path, arr: np.ndarray) -> list[str]:
+    if not np.issubdtype(arr.dtype, np.floating) or np.isfinite(arr).all():
+        return []
+    n_nan, n_inf = int(np.isnan(arr).sum()), int(np.isinf(arr).sum())
+    return [f"{path}: contains {n_nan} NaN and {n_inf} Inf voxels"]
+
+
+def _geometry_problems(path: Path, shape: tuple, geo: Geometry, ref: tuple[Path, tuple, Geometry]) -> list[str]:
+    ref_path, ref_shape, ref_geo = ref
+    out = []
+    if shape != ref_shape:
+        out.append(f"{path}: shape {shape} differs from {ref_path.name} {ref_shape}")
+    diffs = geo.matches(ref_geo)
+    if diffs:
+        out.append(f"{path}: geometry differs from {ref_path.name}: {'; '.join(diffs)}")
+    return out
+
+
+def _label_values(path: Path, lab: np.ndarray, expect: Expectation) -> tuple[tuple[int, ...], list[str]]:
+    problems = []
+    if np.issubdtype(lab.dtype, np.floating):
+        finite = np.isfinite(lab)
+        if not finite.all():
+            problems.append(f"{path}: label map contains {int((~finite).sum())} NaN/Inf voxels")
+            lab = lab[finite]
+        frac = lab != np.round(lab)
+        if frac.any():
+            problems.append(
+                f"{path}: label map holds non-integer values (e.g. {lab[frac].flat[0]:g}); labels must be integers"
+            )
+        lab = np.round(lab).astype(np.int64)
+    if lab.size and lab.min() >= 0 and lab.max() < 65536:
+        values = np.flatnonzero(np.bincount(lab.ravel().astype(np.int64)))
+    else:
+        values = np.unique(lab)
+    values = tuple(int(v) for v in values)
+    if expect.label_values is not None:
+        undeclared = sorted(set(values) - set(expect.label_values))
+        if undeclared:
+            declared = ", ".join(map(str, expect.label_values))
+            problems.append(
+                f"{path}: label values {undeclared} are not declared in dataset.json's labels (declared: {declared})"
+            )
+    return values, problems
+
+
+def check_case(case: Case, expect: Expectation) -> CaseResult:
+    """Read one case's channel files and label; return every problem found (never raises for bad files)."""
+    problems: list[str] = []
+    ref: tuple[Path, tuple, Geometry] | None = None
+    for path in case.images:
+        got = _read(path, problems)
+        if got is None:
+            continue
+        arr, geo = got
+        problems += _component_problems(path, arr.shape[0], expect)
+        problems += _finite_problems(path, arr)
+        if ref is None:
+            ref = (path, arr.shape[1:], geo)
+        else:
+            problems += _geometry_problems(path, arr.shape[1:], geo, ref)
+        del arr
+    values: tuple[int, ...] = ()
+    got = _read(case.label, problems) if case.label is not None else None
+    if got is not None:
+        lab, geo = got
+        if lab.shape[0] != 1:
+            problems.append(f"{case.label}: a label map must have one component per pixel, found {lab.shape[0]}")
+        if ref is not None:
+            problems += _geometry_problems(case.label, lab.shape[1:], geo, ref)
+        values, found = _label_values(case.label, lab[0], expect)
+        problems += found
+    dim = ref[2].dim if ref else None
+    return CaseResult(case.case_id, tuple(problems), ref[0] if ref else None, dim, values)
+
+
+# ---- dataset level -----------------------------------------------------------------------------------------------
+def _fallback_spec(folder: Path) -> tuple[DatasetSpec | None, tuple[int, ...] | None]:
+    """A best-effort spec from a dataset.json with problems, so that the case files can still be checked."""
+    try:
+        data = load_json(folder / "dataset.json")
+    except ValueError:
+        return None, None
+    if not isinstance(data, dict):
+        return None, None
+    channels, ending = data.get("channel_names", data.get("modality")), data.get("file_ending")
+    if not isinstance(channels, dict) or not isinstance(ending, str) or ending.lower() not in SUPPORTED_ENDINGS:
+        return None, None
+    if set(channels) != {str(i) for i in range(len(channels))}:
+        return None, None
+    labels = data.get("labels")
+    good_labels = isinstance(labels, dict) and all(type(v) is int for v in labels.values())
+    n = data.get("numTraining")
+    spec = DatasetSpec(
+        folder=folder,
+        name=folder.name,
+        channel_names=tuple(str(channels[str(i)]) for i in range(len(channels))),
+        labels=dict(labels) if good_labels else {},
+        num_training=n if type(n) is int else -1,
+        file_ending=ending,
+    )
+    return spec, tuple(sorted(set(labels.values()))) if good_labels else None
+
+
+def _run(cases: list[Case], expect: Expectation, jobs: int) -> list[CaseResult]:
+    bar = {"total": len(cases), "desc": "verify", "unit": "case"}
+    if jobs <= 1 or len(cases) <= 1:
+        return [check_case(c, expect) for c in progress(cases, **bar)]
+    from joblib import Parallel, delayed
+    from joblib.externals.loky.process_executor import TerminatedWorkerError
+
+    tasks = (delayed(check_case)(c, expect) for c in cases)
+    try:
+        return list(progress(Parallel(n_jobs=jobs, backend="loky", return_as="generator")(tasks), **bar))
+    except TerminatedWorkerError as exc:
+        raise DatasetError(
+            f"{cases[0].images[0].parent}: a verify worker process died ({exc.__class__.__name__}); "
+            "probably out of memory or a crash inside the image reader. Rerun with fewer jobs (-j 1)."
+        ) from None
+
+
+def _mixed_dim_problems(results: list[CaseResult]) -> list[str]:
+    dims = {r.dim for r in results if r.dim is not None}
+    if len(dims) < 2:
+        return []
+    count = {d: sum(r.dim == d for r in results) for d in dims}
+    minority = min(dims, key=lambda d: (count[d], d))
+    other = 5 - minority
+    return [
+        f"{r.first_file}: is {minority}D while {count[other]} other case(s) are {other}D (2D and 3D cases are mixed)"
+        for r in results
+        if r.dim == minority
+    ]
+
+
+def _dataset_level(spec: DatasetSpec, check_count: bool) -> tuple[list[Case], list[str], list[str], int]:
+    cases, problems = list_cases(spec)
+    n_found = len(image_case_ids(spec))
+    if check_count and n_found != spec.num_training:
+        problems.append(
+            f"{spec.folder / 'dataset.json'}: numTraining is {spec.num_training} but {n_found} cases were found "
+            f"in {spec.folder / 'imagesTr'}"
+        )
+    warnings = []
+    if (spec.folder / "imagesTs").is_dir():
+        warnings += [f"{p} (imagesTs)" for p in list_cases(spec, "imagesTs", None)[1]]
+    return cases, problems, warnings, n_found
+
+
+def verify_dataset(folder: str | Path, jobs: int = 2) -> VerifyReport:
+    """Check dataset.json and every training case of the raw dataset in `folder`; collect all problems.
+
+    Args:
+        folder: the dataset folder (holding dataset.json, imagesTr/, labelsTr/).
+        jobs: worker processes reading cases in parallel (1 = in this process).
+    Returns:
+        VerifyReport with sorted problems (empty when the dataset is usable) and warnings.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return VerifyReport(folder.name, 0, (f"{folder}: dataset folder does not exist",))
+    spec, problems = parse_dataset_json(folder)
+    expected = spec.label_values if spec else None
+    if spec is None:
+        spec, expected = _fallback_spec(folder)
+    if spec is None:
+        note = (f"{folder}: case files were not checked because dataset.json is unusable",)
+        return VerifyReport(folder.name, 0, tuple(sorted(problems)), note)
+    cases, found, warnings, n_found = _dataset_level(spec, spec.num_training >= 0)
+    problems += found
+    expect = Expectation(spec.rgb, spec.num_channels, expected)
+    results = _run(cases, expect, jobs)
+    for r in results:
+        problems += r.problems
+    problems += _mixed_dim_problems(results)
+    present = set().union(*(r.label_values for r in results)) if results else set()
+    if expected is not None and results:
+        warnings += [
+            f"{folder / 'dataset.json'}: label {v} is declared but appears in no label file"
+            for v in expected
+            if v not in present
+        ]
+    return VerifyReport(
+        folder.name, n_found, tuple(sorted(set(problems))), tuple(sorted(warnings)), spec.num_channels, expected or ()
+    )
