@@ -1,0 +1,241 @@
+"""Sliding-window inference on tensors: overlapping tiles, Gaussian importance weighting, mirror test-time augmentation.
+
+The image is covered by patch-sized tiles whose start positions per axis follow nnU-Net's rule (step 0.5 of the
+patch by default, spread evenly so the last tile ends at the border). Each tile's logits are multiplied by a Gaussian
+centred on the patch (sigma = patch/8) and summed into an accumulator; the summed weights divide it at the end, so
+tile borders (where the network sees little context) count less than tile centres. With mirror axes, every subset of
+them is evaluated (flip input, predict, flip back) and the passes are averaged (3 axes: 8 passes).
+
+Several tiles go through the network in one forward pass (`batch_tiles`). On CUDA the accumulators live on the GPU
+and the forward runs under autocast; if the GPU runs out of memory the accumulators move to host memory and the
+case is redone one tile at a time. A 2D network on a 3D image runs slice by slice along axis 0
+(`predict_2d_from_3d`), batching tiles of several slices together.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterator, Sequence
+from functools import lru_cache
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from autoseg.log import logger
+
+Slicer = tuple
+
+
+def tile_positions(image_shape: Sequence[int], patch_size: Sequence[int], step: float = 0.5) -> list[list[int]]:
+    """Start positions of the tiles along each axis.
+
+    Per axis: ``n = ceil((size - patch) / (patch * step)) + 1`` tiles, starts ``round(i * (size - patch) / (n - 1))``,
+    so the first tile starts at 0 and the last ends at the border. Needs ``size >= patch`` on every axis.
+    """
+    if len(image_shape) != len(patch_size):
+        raise ValueError(f"image shape {tuple(image_shape)} and patch size {tuple(patch_size)} differ in length")
+    if not 0 < step <= 1:
+        raise ValueError(f"step must be in (0, 1], got {step}")
+    positions = []
+    for size, patch in zip(image_shape, patch_size):
+        if size < patch:
+            raise ValueError(f"image shape {tuple(image_shape)} is smaller than the patch {tuple(patch_size)}")
+        n = math.ceil((size - patch) / (patch * step)) + 1
+        stride = (size - patch) / (n - 1) if n > 1 else 0.0
+        positions.append([int(round(i * stride)) for i in range(n)])
+    return positions
+
+
+@lru_cache(maxsize=16)
+def _gaussian_np(patch_size: tuple[int, ...], sigma_scale: float) -> np.ndarray:
+    axes = []
+    for p in patch_size:
+        x = np.arange(p, dtype=np.float64) - (p - 1) / 2.0
+        sigma = max(p * sigma_scale, 1e-8)
+        axes.append(np.exp(-0.5 * (x / sigma) ** 2))
+    gauss = axes[0]
+    for a in axes[1:]:
+        gauss = np.multiply.outer(gauss, a)
+    return gauss / gauss.max()
+
+
+def gaussian_importance(
+    patch_size: Sequence[int],
+    sigma_scale: float = 1.0 / 8,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Gaussian weight map of `patch_size` centred on the patch (sigma = patch * sigma_scale per axis), maximum 1.
+
+    Values that underflow to 0 in `dtype` are replaced by the smallest non-zero value, so every voxel gets weight.
+    """
+    gauss = torch.as_tensor(_gaussian_np(tuple(int(p) for p in patch_size), float(sigma_scale)), dtype=dtype)
+    if (gauss == 0).any():
+        gauss[gauss == 0] = gauss[gauss > 0].min()
+    return gauss.to(device) if device is not None else gauss
+
+
+def mirror_subsets(mirror_axes: Sequence[int]) -> list[tuple[int, ...]]:
+    """All subsets of `mirror_axes`, the empty one (no flip) first: 2**len(mirror_axes) passes."""
+    axes = tuple(sorted(set(int(a) for a in mirror_axes)))
+    return [c for r in range(len(axes) + 1) for c in itertools.combinations(axes, r)]
+
+
+def _first(output) -> torch.Tensor:
+    return output[0] if isinstance(output, (list, tuple)) else output
+
+
+def _forward_tta(model: nn.Module, batch: torch.Tensor, flips: list[tuple[int, ...]], autocast: bool) -> torch.Tensor:
+    """Mean over mirror passes of the model's logits for a batch (B, C, *patch) -> (B, K, *patch) float32."""
+    total = None
+    for axes in flips:
+        dims = [a + 2 for a in axes]
+        x = torch.flip(batch, dims) if dims else batch
+        with torch.autocast("cuda", enabled=autocast):
+            out = _first(model(x)).float()
+        out = torch.flip(out, dims) if dims else out
+        total = out if total is None else total.add_(out)
+    return total / len(flips) if len(flips) > 1 else total
+
+
+def _tiles(lead_shape: Sequence[int], positions: list[list[int]], patch: Sequence[int]) -> Iterator[Slicer]:
+    """Slicers (*lead indices, *spatial slices) of every tile, leading (slice) axes outermost."""
+    lead = itertools.product(*(range(n) for n in lead_shape))
+    for idx in lead:
+        for starts in itertools.product(*positions):
+            yield (*idx, *(slice(s, s + p) for s, p in zip(starts, patch)))
+
+
+def _pad_to_patch(image: torch.Tensor, patch: Sequence[int]) -> tuple[torch.Tensor, Slicer]:
+    """Pad the trailing len(patch) axes to at least the patch (constant 0, centred); returns the crop-back slicer."""
+    spatial = image.shape[-len(patch) :]
+    before = [max(p - s, 0) // 2 for s, p in zip(spatial, patch)]
+    after = [max(p - s, 0) - b for s, p, b in zip(spatial, patch, before)]
+    crop = tuple(slice(b, b + s) for b, s in zip(before, spatial))
+    if not any(before) and not any(after):
+        return image, crop
+    pads = [v for b, a in zip(reversed(before), reversed(after)) for v in (b, a)]
+    return F.pad(image, pads, mode="constant", value=0.0), crop
+
+
+def _accumulate(
+    model: nn.Module,
+    image: torch.Tensor,
+    patch: tuple[int, ...],
+    step: float,
+    flips: list[tuple[int, ...]],
+    batch_tiles: int,
+    device: torch.device,
+    buffer_device: torch.device,
+    use_gaussian: bool,
+) -> torch.Tensor:
+    """Weighted logit sum divided by the weight sum for a padded image (C, *lead, *spatial) -> (K, *lead, *spatial)."""
+    spatial = tuple(image.shape[-len(patch) :])
+    lead = tuple(image.shape[1 : image.ndim - len(patch)])
+    positions = tile_positions(spatial, patch, step)
+    if use_gaussian:
+        weight = gaussian_importance(patch, device=buffer_device)
+    else:
+        weight = torch.ones(patch, dtype=torch.float32, device=buffer_device)
+    autocast = device.type == "cuda"
+    logits, weights = None, torch.zeros((*lead, *spatial), dtype=torch.float32, device=buffer_device)
+    tiles = list(_tiles(lead, positions, patch))
+    for start in range(0, len(tiles), batch_tiles):
+        chunk = tiles[start : start + batch_tiles]
+        batch = torch.stack([image[(slice(None), *sl)] for sl in chunk]).to(device, non_blocking=True)
+        with torch.inference_mode():
+            pred = _forward_tta(model, batch, flips, autocast)
+        pred = pred.to(buffer_device)
+        if logits is None:
+            logits = torch.zeros((pred.shape[1], *lead, *spatial), dtype=torch.float32, device=buffer_device)
+        for i, sl in enumerate(chunk):
+            logits[(slice(None), *sl)] += pred[i] * weight
+            weights[sl] += weight
+    return logits.div_(weights)
+
+
+def sliding_window_logits(
+    model: nn.Module,
+    image: torch.Tensor,
+    patch_size: Sequence[int],
+    step: float = 0.5,
+    mirror_axes: Sequence[int] = (),
+    batch_tiles: int = 4,
+    device: torch.device | str | None = None,
+    use_gaussian: bool = True,
+) -> torch.Tensor:
+    """Logits (K, *spatial) float32 on the CPU of `model` over `image` (C, *spatial) by Gaussian-weighted tiles.
+
+    `patch_size` has one value per spatial axis (2 for 2D models, 3 for 3D). An image of one more axis than the
+    patch, (C, Z, Y, X) with a 2D patch, is predicted slice by slice along Z (see `predict_2d_from_3d`).
+    `mirror_axes` index the model's spatial axes (0 = first spatial axis); all their subsets are averaged.
+    `device` defaults to the device of the model's parameters; the model is moved there if it differs.
+    Images smaller than the patch are padded with 0 and the result cropped back to the input size.
+    The model runs in eval mode (its previous mode is restored) under ``torch.inference_mode``; a model returning
+    a list (deep supervision) contributes its first, full-resolution element.
+    """
+    patch = tuple(int(p) for p in patch_size)
+    if image.ndim not in (len(patch) + 1, len(patch) + 2) or (image.ndim == len(patch) + 2 and len(patch) != 2):
+        raise ValueError(f"image of shape {tuple(image.shape)} does not fit a {len(patch)}D patch {patch}")
+    if any(a < 0 or a >= len(patch) for a in mirror_axes):
+        raise ValueError(f"mirror axes {tuple(mirror_axes)} out of range for a {len(patch)}D patch")
+    device = _resolve_device(model, device)
+    flips = mirror_subsets(mirror_axes)
+    padded, crop = _pad_to_patch(image.float(), patch)
+    lead = (slice(None),) * (image.ndim - len(patch))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            result = _run_with_fallback(
+                model, padded, patch, step, flips, max(int(batch_tiles), 1), device, use_gaussian
+            )
+            return result[(*lead, *crop)].cpu().contiguous()
+    finally:
+        model.train(was_training)
+
+
+def predict_2d_from_3d(
+    model: nn.Module,
+    image: torch.Tensor,
+    patch_size: Sequence[int],
+    step: float = 0.5,
+    mirror_axes: Sequence[int] = (),
+    batch_tiles: int = 16,
+    device: torch.device | str | None = None,
+    use_gaussian: bool = True,
+) -> torch.Tensor:
+    """A 2D model over a 3D image (C, Z, Y, X), slice by slice along Z -> logits (K, Z, Y, X) float32 on the CPU.
+
+    Tiles of several slices share a forward pass (`batch_tiles`); `mirror_axes` index (Y, X) as 0 and 1.
+    """
+    if len(patch_size) != 2 or image.ndim != 4:
+        raise ValueError(
+            f"predict_2d_from_3d needs a (C, Z, Y, X) image and a 2D patch, got {tuple(image.shape)} "
+            f"and {tuple(patch_size)}"
+        )
+    return sliding_window_logits(model, image, patch_size, step, mirror_axes, batch_tiles, device, use_gaussian)
+
+
+def _resolve_device(model: nn.Module, device: torch.device | str | None) -> torch.device:
+    param = next(model.parameters(), None)
+    current = param.device if param is not None else torch.device("cpu")
+    target = torch.device(device) if device is not None else current
+    if target != current and param is not None:
+        model.to(target)
+    return target
+
+
+def _run_with_fallback(model, padded, patch, step, flips, batch_tiles, device, use_gaussian) -> torch.Tensor:
+    """Accumulate on the device; on CUDA out-of-memory retry with host-memory accumulators, one tile per pass."""
+    if device.type != "cuda":
+        return _accumulate(model, padded, patch, step, flips, batch_tiles, device, device, use_gaussian)
+    try:
+        return _accumulate(model, padded, patch, step, flips, batch_tiles, device, device, use_gaussian)
+    except torch.cuda.OutOfMemoryError:
+        logger.warning(f"GPU out of memory for an image of shape {tuple(padded.shape)}; accumulating in host memory")
+    torch.cuda.empty_cache()
+    return _accumulate(model, padded, patch, step, flips, 1, device, torch.device("cpu"), use_gaussian)
