@@ -123,11 +123,24 @@ def dumps(data: Any) -> str:
     return json.dumps(to_json(data), indent=2, allow_nan=False) + "\n"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def new_temp_file(path: Path, suffix: str = ".tmp") -> tuple[int, str]:
+    """Create a hidden temporary file beside `path` with ordinary permissions (mkstemp alone gives 0600)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.chmod(tmp, 0o666 & ~_umask())
+    return fd, tmp
+
+
 def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> Path:
     """Write `payload` to a temporary file in the target folder, fsync it, then rename it over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = new_temp_file(path)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(payload)

@@ -9,7 +9,6 @@ Writes go to a temporary name in the target folder and are renamed, so a reader 
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import SimpleITK as sitk
 
 from autoseg.data.geometry import PSEUDO_SPACING_2D, Geometry
 from autoseg.errors import ImageIOError
+from autoseg.serialization import new_temp_file
 
 SUPPORTED_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".png", ".bmp", ".tif", ".tiff")
 NATURAL_2D_ENDINGS = (".png", ".bmp", ".tif", ".tiff")
@@ -166,7 +166,7 @@ def write_image(path: str | os.PathLike, array: np.ndarray, geometry: Geometry, 
         arr = arr.astype(np.uint8 if arr.max(initial=0) < 256 and arr.min(initial=0) >= 0 else np.uint16)
     img = _to_itk(arr, geometry)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[: -len(ending)]}.", suffix=f".tmp{ending}", dir=path.parent)
+    fd, tmp = new_temp_file(path, suffix=f".tmp{ending}")
     os.close(fd)
     try:
         sitk.WriteImage(img, tmp, useCompression=compress)

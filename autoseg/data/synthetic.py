@@ -18,8 +18,8 @@ from autoseg.data.image_io import write_image, write_label
 
 
 def _ellipsoid(grid: tuple[np.ndarray, ...], center, radii, rng: np.random.Generator, wobble: float) -> np.ndarray:
-    z, y, x = grid
-    d = ((z - center[0]) / radii[0]) ** 2 + ((y - center[1]) / radii[1]) ** 2 + ((x - center[2]) / radii[2]) ** 2
+    d = sum(((g - c) / r) ** 2 for g, c, r, n in zip(grid, center, radii, grid[0].shape) if n > 1)  # flat axes: 2D
+    y, x = grid[1], grid[2]
     if wobble:
         phase = rng.uniform(0, 2 * np.pi, 3)
         d = d * (1 + wobble * np.sin(3 * y / max(radii[1], 1) + phase[0]) * np.cos(2 * x / max(radii[2], 1) + phase[1]))

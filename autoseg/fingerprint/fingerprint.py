@@ -49,6 +49,8 @@ class DatasetFingerprint:
     intensity: tuple[IntensityStats, ...]  # one per channel, over sampled foreground voxels
     median_relative_size_after_cropping: float
     source: str = "computed by autoseg fingerprint"  # where the numbers come from
+    intensity_samples_per_case: int | None = None  # foreground draws per case and channel (None: unknown)
+    seed: int | None = None  # global sampling seed of `autoseg fingerprint` (None: not computed by autoseg)
 
     @property
     def spacings(self) -> np.ndarray:
@@ -57,6 +59,16 @@ class DatasetFingerprint:
     @property
     def shapes_after_crop(self) -> np.ndarray:
         return np.array([c.shape_after_crop for c in self.cases], dtype=float)
+
+    @property
+    def median_spacing(self) -> np.ndarray:
+        """Per-axis median spacing (z, y, x) over the cases."""
+        return np.median(self.spacings, axis=0)
+
+    @property
+    def median_shape_after_crop(self) -> np.ndarray:
+        """Per-axis median shape after cropping (z, y, x) over the cases."""
+        return np.median(self.shapes_after_crop, axis=0)
 
     @property
     def is_2d(self) -> bool:
