@@ -1,0 +1,165 @@
+"""Random patch sampling from preprocessed cases, with padding and nnU-Net's foreground oversampling.
+
+Cases are drawn with replacement. Sample j of a batch of size B is forced to contain foreground iff
+``j >= round(B * (1 - p))``; a forced patch is centred on a random stored location of a random label present in the
+case (a case without foreground gives a random patch). Crops reaching outside the case are padded: image 0, labels -1.
+A configuration with 2 patch axes on 3D-stored data (C, Z, Y, X) samples one slice along axis 0 (a forced patch takes
+the slice of the chosen foreground voxel).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from autoseg.errors import ConfigError, DatasetError
+from autoseg.preprocessing import storage
+
+
+def forced_foreground(batch_size: int, probability: float) -> list[bool]:
+    """Which samples of a batch are forced to foreground: j >= round(B * (1 - p)) (B=2, p=0.33 -> [False, True])."""
+    first = round(batch_size * (1 - probability))
+    return [j >= first for j in range(batch_size)]
+
+
+def rank_batch(global_batch_size: int, oversample: float, rank: int, world_size: int) -> tuple[int, float]:
+    """(batch size, oversampling fraction) of one DDP rank so that the global batch keeps its forced-foreground pattern.
+
+    Ranks own consecutive samples of the global batch (the first `global % world` ranks one more).
+    """
+    if global_batch_size < world_size:
+        raise ConfigError(f"batch size {global_batch_size} is smaller than the number of processes ({world_size})")
+    base, extra = divmod(global_batch_size, world_size)
+    size = base + (1 if rank < extra else 0)
+    start = rank * base + min(rank, extra)
+    first_forced = round(global_batch_size * (1 - oversample))
+    unforced = min(max(first_forced - start, 0), size)
+    return size, 1.0 - unforced / size
+
+
+def lower_corner(
+    shape: Sequence[int],
+    size: Sequence[int],
+    rng: np.random.Generator,
+    center: Sequence[int] | None = None,
+    margin: Sequence[int] | None = None,
+) -> np.ndarray:
+    """Lower corner of a crop of `size` in an array of `shape` (may be negative: padding splits evenly).
+
+    Random within the allowed range, or placed so that `center` is the crop's middle voxel, clipped to that range.
+    `margin` (crop size - final patch size) may always be padded, so that the final patch, cut from the middle of
+    the crop after spatial augmentation, reaches every voxel up to the case border.
+    """
+    shape, size = np.asarray(shape, dtype=np.int64), np.asarray(size, dtype=np.int64)
+    need = np.maximum(size - shape, 0 if margin is None else np.asarray(margin, dtype=np.int64))
+    lo = -(need // 2)
+    hi = shape + need // 2 + need % 2 - size
+    if center is None:
+        return rng.integers(lo, hi + 1)
+    return np.clip(np.asarray(center, dtype=np.int64) - size // 2, lo, hi)
+
+
+def crop_padded(arr: np.ndarray, corner: Sequence[int], size: Sequence[int], pad_value, out: np.ndarray) -> None:
+    """Write arr[:, corner : corner + size] into `out` (C, *size); voxels outside `arr` get `pad_value`."""
+    src, dst = [slice(None)], [slice(None)]
+    for lo, n, dim in zip(corner, size, arr.shape[1:]):
+        a, b = max(int(lo), 0), min(int(lo) + int(n), dim)
+        src.append(slice(a, max(a, b)))
+        dst.append(slice(a - int(lo), a - int(lo) + max(b - a, 0)))
+    if any(s.stop - s.start < n for s, n in zip(dst[1:], size)):
+        out[...] = pad_value
+    out[tuple(dst)] = arr[tuple(src)]
+
+
+class CaseReader:
+    """Opens preprocessed cases (memory-mapped) and keeps the most recently used ones open."""
+
+    def __init__(self, folder: str | Path, case_ids: Sequence[str], max_open: int = 64):
+        self.folder = Path(folder)
+        self.case_ids = list(case_ids)
+        self.max_open = max_open
+        self._open: OrderedDict[str, storage.PreprocessedCase] = OrderedDict()
+
+    def __getstate__(self) -> dict:  # memmaps are reopened in each worker process
+        return {**self.__dict__, "_open": OrderedDict()}
+
+    def get(self, case_id: str) -> storage.PreprocessedCase:
+        case = self._open.pop(case_id, None)
+        if case is None:
+            case = storage.load_case(self.folder, case_id, mmap=True)
+            if case.seg is None:
+                raise DatasetError(f"{self.folder / (case_id + '_seg.npy')}: missing; training needs labels")
+            while len(self._open) >= self.max_open:
+                self._open.popitem(last=False)
+        self._open[case_id] = case
+        return case
+
+
+def check_cases(folder: str | Path, case_ids: Sequence[str]) -> None:
+    """Raise DatasetError naming the folder if a case is not completely preprocessed."""
+    missing = [c for c in case_ids if not storage.is_complete(folder, c)]
+    if missing:
+        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+        raise DatasetError(
+            f"{folder}: {len(missing)} case(s) are not preprocessed ({shown}); run `autoseg preprocess` first"
+        )
+    if not case_ids:
+        raise DatasetError(f"{folder}: no cases to sample from")
+
+
+class PatchSampler:
+    """Draws batches of crops of `size` (2 or 3 axes) from the cases in a preprocessed configuration folder."""
+
+    def __init__(
+        self,
+        folder: str | Path,
+        case_ids: Sequence[str],
+        size: Sequence[int],
+        oversample: float,
+        patch_size: Sequence[int] | None = None,
+    ):
+        """`size`: the crop; `patch_size`: the final patch cut from its middle later (default: `size`)."""
+        self.reader = CaseReader(folder, case_ids)
+        self.size = tuple(int(s) for s in size)
+        self.margin = tuple(a - int(b) for a, b in zip(self.size, patch_size or size))
+        self.oversample = float(oversample)
+
+    def sample(self, rng: np.random.Generator, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """-> data (B, C, *size) float32 and seg (B, 1, *size) int16 (-1 = outside the case)."""
+        data = seg = None
+        for j, forced in enumerate(forced_foreground(batch_size, self.oversample)):
+            case = self.reader.get(self.reader.case_ids[rng.integers(len(self.reader.case_ids))])
+            if data is None:
+                data = np.empty((batch_size, case.data.shape[0], *self.size), dtype=np.float32)
+                seg = np.empty((batch_size, 1, *self.size), dtype=np.int16)
+            img, lab, corner = self._locate(case, forced, rng)
+            crop_padded(img, corner, self.size, 0, data[j])
+            crop_padded(lab, corner, self.size, -1, seg[j])
+        return data, seg
+
+    def _locate(self, case: storage.PreprocessedCase, forced: bool, rng: np.random.Generator):
+        """-> (image view, label view, lower corner) with views having len(size) spatial axes."""
+        voxel = _foreground_voxel(case.class_locations, rng) if forced else None
+        img, lab = case.data, case.seg
+        if len(self.size) == 2 and img.ndim == 4:
+            z = int(voxel[0]) if voxel is not None else int(rng.integers(img.shape[1]))
+            img, lab = img[:, z], lab[:, z]
+            voxel = voxel[1:] if voxel is not None else None
+        if img.ndim - 1 != len(self.size):
+            raise DatasetError(
+                f"{self.reader.folder}: case {case.properties.case_id} has shape {img.shape[1:]}, which does not "
+                f"fit a {len(self.size)}d patch {self.size}"
+            )
+        return img, lab, lower_corner(img.shape[1:], self.size, rng, voxel, self.margin)
+
+
+def _foreground_voxel(locations: dict[int, np.ndarray], rng: np.random.Generator) -> np.ndarray | None:
+    """A random stored voxel (z, y, x) of a random present foreground label, or None if the case has none."""
+    present = sorted(k for k, v in locations.items() if k > 0 and len(v))
+    if not present:
+        return None
+    locs = locations[present[rng.integers(len(present))]]
+    return locs[rng.integers(len(locs))]
