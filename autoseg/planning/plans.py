@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from autoseg.errors import PlansError
+from autoseg.fingerprint.fingerprint import IntensityStats
 from autoseg.serialization import from_json, load_json, save_json
 
 SCHEMA_VERSION = 1
@@ -95,6 +96,8 @@ class Plans:
     configurations: tuple[Configuration, ...]
     plugins: tuple[str, ...] = ()
     autoseg_version: str = ""
+    # per input channel: the dataset's foreground intensity statistics (used by the "ct" normaliser); None: not stored
+    intensity: tuple[IntensityStats, ...] | None = None
 
     def __post_init__(self) -> None:
         if sorted(self.transpose) != list(range(len(self.transpose))):
