@@ -78,8 +78,13 @@ def make_synthetic_dataset(
     oblique_every: int = 3,
     n_test: int = 0,
     seed: int = 0,
+    test_labels_dir: str | Path | None = None,
 ) -> Path:
-    """Write a dataset folder `raw_root/DatasetXXX_name` and return its path. Same arguments, same bytes."""
+    """Write a dataset folder `raw_root/DatasetXXX_name` and return its path. Same arguments, same bytes.
+
+    Held-out cases (`n_test`) go to imagesTs; their labels go to `test_labels_dir` when given (outside the
+    dataset folder, since nnU-Net's layout has no place for them).
+    """
     rng = np.random.default_rng(seed)
     folder = Path(raw_root) / f"Dataset{dataset_id:03d}_{name}"
     two_d = file_ending in (".png", ".bmp")
@@ -106,6 +111,8 @@ def make_synthetic_dataset(
             write_image(img_dir / f"{cid}_{ch:04d}{file_ending}", img[ch], geo)
         if not test:
             write_label(folder / "labelsTr" / f"{cid}{file_ending}", lab, geo)
+        elif test_labels_dir is not None:
+            write_label(Path(test_labels_dir) / f"{cid}{file_ending}", lab, geo)
     meta = {
         "channel_names": {str(c): ("CT" if ct and not two_d else f"MRI{c}") for c in range(n_channels)},
         "labels": {"background": 0, **{f"organ{lab}": lab for lab in range(1, n_labels + 1)}},
