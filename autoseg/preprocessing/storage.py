@@ -4,7 +4,8 @@ Per case in ``preprocessed/<dataset>/<data_identifier>/``:
 
     <case>.npy         image, float32 (C, Z, Y, X) in the plans' transposed axis order; read with mmap
     <case>_seg.npy     labels, int8 (int16 above 127) (1, Z, Y, X); -1 marks voxels outside the nonzero crop mask
-    <case>_locs.npz    foreground voxel coordinates per label (key "label_<v>", int32 (N, 3)) for oversampling
+    <case>_locs.npy    foreground voxel coordinates for oversampling, int32 (N, 4): label, z, y, x (rows grouped
+                       by label); a plain .npy (not .npz) so that the same case always gives the same bytes
     <case>.json        CaseProperties (everything needed to undo the preprocessing at export)
 
 The .json is written last, so its presence marks a complete case (resumable preprocessing). Plain ``.npy`` opened
@@ -13,14 +14,17 @@ with ``mmap_mode='r'`` reads a random patch without decompressing the whole case
 
 from __future__ import annotations
 
-import io
+import os
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
 from autoseg.data.geometry import Geometry
-from autoseg.serialization import atomic_write_bytes, from_json, load_json, save_json
+from autoseg.serialization import dumps, from_json, load_json
 
 
 @dataclass(frozen=True)
@@ -45,26 +49,54 @@ class PreprocessedCase:
     class_locations: dict[int, np.ndarray]  # label -> (N, 3) int32 voxel coordinates
 
 
-def _npy_bytes(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
-    return buf.getvalue()
+def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Write through `write(fh)` into a temporary file beside `path`, then rename it over `path`.
+
+    A killed process leaves at most a ``.<name>.*.tmp`` file (removed by the next preprocessing run), never a partial
+    `path`. No fsync: preprocessed data is a regenerable cache and fsync of every file made preprocessing about twice
+    as slow (docs/benchmarks.md); after a power loss re-run with ``--overwrite``.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _save_npy(path: Path, arr: np.ndarray) -> None:
+    atomic_write(path, lambda fh: np.save(fh, np.ascontiguousarray(arr), allow_pickle=False))
+
+
+def _pack_locations(locations: dict[int, np.ndarray]) -> np.ndarray:
+    rows = [np.zeros((0, 4), dtype=np.int32)]
+    for label in sorted(locations):
+        coords = np.asarray(locations[label], dtype=np.int32).reshape(-1, 3)
+        rows.append(np.concatenate([np.full((len(coords), 1), label, dtype=np.int32), coords], axis=1))
+    return np.concatenate(rows, axis=0)
+
+
+def _unpack_locations(packed: np.ndarray) -> dict[int, np.ndarray]:
+    labels = packed[:, 0]
+    return {int(v): np.ascontiguousarray(packed[labels == v, 1:]) for v in np.unique(labels)}
 
 
 def save_case(folder: str | Path, case: PreprocessedCase) -> None:
     """Write all files of a case atomically; the properties .json goes last (completion marker)."""
     folder = Path(folder)
     cid = case.properties.case_id
-    atomic_write_bytes(folder / f"{cid}.npy", _npy_bytes(case.data.astype(np.float32, copy=False)))
+    _save_npy(folder / f"{cid}.npy", case.data.astype(np.float32, copy=False))
     if case.seg is not None:
         seg = case.seg
         dtype = np.int8 if seg.max(initial=0) <= 127 else np.int16
-        atomic_write_bytes(folder / f"{cid}_seg.npy", _npy_bytes(seg.astype(dtype, copy=False)))
-    buf = io.BytesIO()
-    locs = {f"label_{k}": np.asarray(v, dtype=np.int32).reshape(-1, 3) for k, v in case.class_locations.items()}
-    np.savez(buf, **locs)
-    atomic_write_bytes(folder / f"{cid}_locs.npz", buf.getvalue())
-    save_json(folder / f"{cid}.json", case.properties)
+        _save_npy(folder / f"{cid}_seg.npy", seg.astype(dtype, copy=False))
+    _save_npy(folder / f"{cid}_locs.npy", _pack_locations(case.class_locations))
+    text = dumps(case.properties).encode("utf-8")
+    atomic_write(folder / f"{cid}.json", lambda fh: fh.write(text))
 
 
 def is_complete(folder: str | Path, case_id: str) -> bool:
@@ -83,9 +115,8 @@ def load_case(folder: str | Path, case_id: str, mmap: bool = True, with_location
     seg_path = folder / f"{case_id}_seg.npy"
     seg = np.load(seg_path, mmap_mode=mode, allow_pickle=False) if seg_path.is_file() else None
     locs: dict[int, np.ndarray] = {}
-    if with_locations and (folder / f"{case_id}_locs.npz").is_file():
-        with np.load(folder / f"{case_id}_locs.npz", allow_pickle=False) as z:
-            locs = {int(k.split("_", 1)[1]): z[k] for k in z.files}
+    if with_locations and (folder / f"{case_id}_locs.npy").is_file():
+        locs = _unpack_locations(np.load(folder / f"{case_id}_locs.npy", allow_pickle=False))
     return PreprocessedCase(data, seg, load_properties(folder, case_id), locs)
 
 

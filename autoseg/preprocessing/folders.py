@@ -1,0 +1,105 @@
+"""Output folders of preprocessing: lock, settings record, cleanup of killed runs, memory-bounded worker count."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from autoseg.errors import WorkspaceError
+from autoseg.log import logger
+from autoseg.planning.plans import Configuration, Plans
+from autoseg.preprocessing.normalize import resolve_scheme
+from autoseg.serialization import load_json, save_json, to_json
+
+FORMAT_VERSION = 1  # bump when the stored arrays change meaning
+
+
+def folder_settings(plans: Plans, configuration: Configuration, intensity: tuple | None) -> dict:
+    """Everything that determines the arrays of a folder; a mismatch with the stored one invalidates the folder."""
+    uses_ct = any(resolve_scheme(s) == "ct" for s in configuration.normalization)
+    return {
+        "format": FORMAT_VERSION,
+        "transpose": list(plans.transpose),
+        "spacing": list(configuration.spacing),
+        "normalization": list(configuration.normalization),
+        "use_mask_for_norm": list(configuration.use_mask_for_norm),
+        "resampling": to_json(configuration.resampling),
+        "intensity": to_json(intensity) if uses_ct else None,
+    }
+
+
+class FolderLock:
+    """Exclusive advisory lock (flock) on ``<folder>/.lock``; released when the process ends, even by SIGKILL."""
+
+    def __init__(self, folder: Path):
+        self.path = folder / ".lock"
+        self._fh = None
+
+    def __enter__(self) -> FolderLock:
+        import fcntl
+        import os
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(self.path, "a+")  # noqa: SIM115 - held open for the lock's lifetime
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "unknown"
+            fh.close()
+            raise WorkspaceError(
+                f"{self.path.parent}: another process (pid {holder}) is preprocessing this configuration; wait for it "
+                f"to finish (the lock {self.path} is released automatically when it ends)"
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        self._fh = fh
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+
+def clean_folder(folder: Path, remove_cases: bool) -> None:
+    """Remove temporary files of killed runs (``.*.tmp``) and, if `remove_cases`, every stored case."""
+    for p in folder.glob(".*.tmp"):
+        p.unlink(missing_ok=True)
+    if remove_cases:
+        for pattern in ("*.json", "*.npy"):
+            for p in folder.glob(pattern):
+                p.unlink(missing_ok=True)
+
+
+def prepare_folder(folder: Path, settings: dict, overwrite: bool) -> None:
+    """Clean `folder` (call while holding its lock) and record `settings`; cases made otherwise are removed."""
+    stored_path = folder / ".settings.json"
+    stored = load_json(stored_path) if stored_path.is_file() else None
+    stale = stored is not None and stored != json.loads(json.dumps(settings))
+    if stale:
+        logger.info(f"{folder}: preprocessing settings changed since the last run; recomputing every case")
+    clean_folder(folder, remove_cases=overwrite or stale)
+    save_json(stored_path, settings)
+
+
+def choose_jobs(requested: int, bytes_per_case: float, available: float | None = None) -> int:
+    """Workers that fit the available memory (80 % of it), at least 1 and at most `requested`."""
+    if available is None:
+        available = available_memory()
+    if not available or bytes_per_case <= 0:
+        return max(1, requested)
+    return int(max(1, min(requested, (0.8 * available) // bytes_per_case)))
+
+
+def available_memory() -> float | None:
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return float(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
