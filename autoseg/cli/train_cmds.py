@@ -2,6 +2,90 @@
 
 from __future__ import annotations
 
+DESCRIPTION = """\
+Train U-Nets with 5-fold cross-validation from the plans and the preprocessed data.
+
+Results go to results/DatasetXXX_Name/<plans>/<configuration>/<trainer>/fold_<k>/ (train_config.json, plans.json,
+log.txt, progress.csv, progress.png, checkpoint_latest/best/final.pt, validation/). Every training number can be
+changed with --set (names: epochs, iterations_per_epoch, val_iterations_per_epoch, lr, weight_decay, momentum,
+oversample_foreground, seed, grad_clip, batch_size, loss, optimizer, deep_supervision, val_tta, ...).
+
+--resume continues a killed run from checkpoint_latest.pt exactly where it stopped; with --set epochs=N larger than
+before it extends a finished run (the poly learning-rate schedule is recomputed for the new total).
+
+The 3d_cascade_fullres configuration is not trained by default: it needs the cross-validation predictions of
+3d_lowres, which autoseg does not produce yet.
+
+Multi-GPU / multi-node: torchrun --nproc_per_node=N -m autoseg train ... (the batch is split across processes).
+"""
+
 
 def add_parsers(sub, common, fmt) -> None:
-    pass
+    p = sub.add_parser(
+        "train",
+        parents=[common],
+        formatter_class=fmt,
+        help="train the configurations' folds (cross-validation)",
+        description=DESCRIPTION,
+        epilog="example: autoseg train -d 4 -c 3d_fullres -f 0..4 --set epochs=100",
+    )
+    p.add_argument("-d", "--dataset", required=True, help="dataset id or name (4, 004, Dataset004_Hippocampus)")
+    p.add_argument(
+        "-c",
+        "--configurations",
+        nargs="+",
+        default=None,
+        metavar="CONFIG",
+        help="configurations to train (default: all in the plans except the cascade)",
+    )
+    p.add_argument("-f", "--folds", nargs="+", default=["0..4"], metavar="FOLD", help="folds: 0..4, 0 2 4 or all")
+    p.add_argument("--plans", default="default", help="plans name (plans_<NAME>.json)")
+    p.add_argument("--trainer", default="default", help="registered trainer name")
+    p.add_argument(
+        "--set",
+        dest="settings",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="change a training setting, e.g. --set epochs=100 (repeatable)",
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="continue from checkpoint_latest.pt (or extend a finished run)"
+    )
+    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    p.add_argument("-j", "--num-workers", type=int, default=None, help="data loading processes per training process")
+    p.add_argument(
+        "--group-by",
+        default=None,
+        metavar="CSV_OR_REGEX",
+        help="keep a patient's cases in one fold: CSV with columns case,group, or a regex with one group",
+    )
+    p.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="deterministic algorithms and in-process data loading (bit-exact resume; slower)",
+    )
+    p.set_defaults(handler=run_train)
+
+
+def run_train(args, ws) -> int:
+    from autoseg.cli.common import parse_folds, parse_set
+    from autoseg.training.run import train_folds
+
+    results = train_folds(
+        ws,
+        args.dataset,
+        args.configurations,
+        parse_folds(args.folds, n_folds=1000),
+        plans_name=args.plans,
+        trainer=args.trainer,
+        overrides=parse_set(args.settings),
+        resume=args.resume,
+        device=args.device,
+        num_workers=args.num_workers,
+        group_by=args.group_by,
+        deterministic=args.deterministic,
+    )
+    for r in (r for r in results if r.final_checkpoint is not None):  # under torchrun: rank 0 only
+        print(f"fold {r.fold}: {r.epochs_done} epochs, best EMA pseudo-Dice {r.best_ema_dice:.4f} -> {r.run_dir}")
+    return 0

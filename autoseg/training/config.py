@@ -1,0 +1,103 @@
+"""TrainConfig: every training number in one typed, frozen dataclass, overridable with ``--set key=value``.
+
+Defaults follow nnU-Net v2's trainer (1000 epochs x 250 iterations, SGD Nesterov 0.99, lr 1e-2, poly 0.9, weight
+decay 3e-5, gradient clipping 12, 33 % foreground oversampling). The config used is saved as
+``fold_k/train_config.json`` and inside every checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from autoseg.errors import ConfigError
+from autoseg.serialization import from_json, load_json, save_json
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 1000
+    iterations_per_epoch: int = 250
+    val_iterations_per_epoch: int = 50
+    lr: float = 1e-2
+    weight_decay: float = 3e-5
+    momentum: float = 0.99
+    poly_exponent: float = 0.9
+    oversample_foreground: float = 0.33
+    seed: int = 12345
+    grad_clip: float = 12.0  # max gradient norm; 0 disables clipping
+    loss: str = "dice_ce"
+    optimizer: str = "sgd"
+    augmentation: str = "default"
+    deep_supervision: bool = True
+    batch_size: int = 0  # 0 = the plans' batch size (the global batch under DDP)
+    ema_alpha: float = 0.9  # EMA pseudo-Dice = alpha * previous + (1 - alpha) * current
+    amp: bool = True  # mixed precision; only ever used on CUDA
+    val_step: float = 0.5  # sliding-window step (fraction of the patch) in end-of-fold validation
+    val_tta: bool = True  # mirror test-time augmentation in end-of-fold validation
+    validate_at_end: bool = True  # full-volume validation of the fold's cases after training
+    save_probabilities: bool = True  # fold_k/validation/<case>.npz for ensembling
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.epochs >= 1, "epochs must be >= 1"),
+            (self.iterations_per_epoch >= 1, "iterations_per_epoch must be >= 1"),
+            (self.val_iterations_per_epoch >= 0, "val_iterations_per_epoch must be >= 0"),
+            (self.lr > 0, "lr must be > 0"),
+            (self.weight_decay >= 0, "weight_decay must be >= 0"),
+            (0 <= self.momentum < 1, "momentum must be in [0, 1)"),
+            (0 <= self.oversample_foreground <= 1, "oversample_foreground must be in [0, 1]"),
+            (self.grad_clip >= 0, "grad_clip must be >= 0 (0 = off)"),
+            (self.batch_size >= 0, "batch_size must be >= 0 (0 = from plans)"),
+            (0 <= self.ema_alpha < 1, "ema_alpha must be in [0, 1)"),
+            (0 < self.val_step <= 1, "val_step must be in (0, 1]"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(f"train config: {message}")
+
+    @classmethod
+    def names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+
+def apply_overrides(cfg: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
+    """Return `cfg` with `overrides` applied; names and types are checked (an int is accepted for a float)."""
+    hints = get_type_hints(TrainConfig)
+    valid = TrainConfig.names()
+    changes: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if key not in hints:
+            raise ConfigError(f"unknown training setting {key!r}; valid names: {', '.join(valid)}")
+        tp = hints[key]
+        if tp is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if tp is bool and isinstance(value, str) and value.lower() in ("true", "false"):
+            value = value.lower() == "true"
+        if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+            example = str(getattr(TrainConfig(), key)).lower() if tp is bool else getattr(TrainConfig(), key)
+            raise ConfigError(
+                f"training setting {key}={value!r} must be of type {tp.__name__}, e.g. --set {key}={example}"
+            )
+        changes[key] = value
+    return dataclasses.replace(cfg, **changes)
+
+
+def save_train_config(path: str | Path, cfg: TrainConfig) -> Path:
+    return save_json(path, cfg)
+
+
+def load_train_config(path: str | Path) -> TrainConfig:
+    try:
+        return from_json(TrainConfig, load_json(path))
+    except ValueError as exc:
+        raise ConfigError(f"{path}: invalid train config: {exc}") from None
+
+
+def config_from_dict(data: dict[str, Any], where: str = "checkpoint") -> TrainConfig:
+    try:
+        return from_json(TrainConfig, data)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: invalid train config: {exc}") from None

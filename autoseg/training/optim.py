@@ -1,0 +1,39 @@
+"""Optimizers (by name) and the poly learning-rate schedule, stepped once per epoch at the epoch's start.
+
+The schedule is a pure function of (epoch, total epochs), so extending a finished run with a larger ``epochs``
+simply recomputes it with the new total: the learning rate jumps up to the value the longer schedule has at that
+epoch and decays to zero at the new end.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from autoseg.registry import Registry
+from autoseg.training.config import TrainConfig
+
+optimizers: Registry = Registry("optimizer")
+
+
+@optimizers.register("sgd")
+def _sgd(params, cfg: TrainConfig) -> torch.optim.Optimizer:
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay)
+
+
+@optimizers.register("adamw")
+def _adamw(params, cfg: TrainConfig) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    return optimizers.get(cfg.optimizer)(model.parameters(), cfg)
+
+
+def poly_lr(base_lr: float, epoch: int, epochs: int, exponent: float = 0.9) -> float:
+    """lr = base * (1 - epoch / epochs) ** exponent (0 at and after the last epoch)."""
+    return base_lr * max(0.0, 1.0 - epoch / epochs) ** exponent
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
