@@ -86,6 +86,13 @@ def run_train(args, ws) -> int:
         group_by=args.group_by,
         deterministic=args.deterministic,
     )
-    for r in (r for r in results if r.final_checkpoint is not None):  # under torchrun: rank 0 only
+    done = [r for r in results if r.final_checkpoint is not None]  # under torchrun: rank 0 only
+    for r in done:
         print(f"fold {r.fold}: {r.epochs_done} epochs, best EMA pseudo-Dice {r.best_ema_dice:.4f} -> {r.run_dir}")
+    if done:  # when every fold of a configuration is finished, choose the model (as `autoseg select` does)
+        from autoseg.evaluation.select import maybe_select, selection_report
+
+        sel = maybe_select(ws, args.dataset, args.plans, args.trainer)
+        if sel is not None:
+            print(selection_report(sel))
     return 0
