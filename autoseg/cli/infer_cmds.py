@@ -146,9 +146,15 @@ def run_select(args, ws) -> int:
 
 
 def run_evaluate(args, ws) -> int:
-    from autoseg.evaluation.metrics import summary_table
+    from autoseg.errors import DatasetError
+    from autoseg.evaluation.metrics import summary_table, unpredicted
     from autoseg.evaluation.select import evaluate_predictions
 
+    if missing := unpredicted(args.reference, args.prediction):
+        raise DatasetError(
+            f"{args.prediction}: prediction missing for {len(missing)} reference case(s), e.g. {missing[0].name} "
+            f"({missing[0]}); predict every case, or point -r at a folder holding only the predicted cases"
+        )
     summary, csv_path, json_path = evaluate_predictions(
         ws, args.reference, args.prediction, args.dataset, args.labels, args.output, args.tolerance, args.jobs
     )

@@ -8,7 +8,11 @@ Writes go to a temporary name in the target folder and are renamed, so a reader 
 
 from __future__ import annotations
 
+import gzip
+import math
 import os
+import struct
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -50,6 +54,8 @@ def _short(exc: Exception) -> str:
 
 def _read_itk(path: Path) -> sitk.Image:
     if not path.is_file():
+        if path.is_symlink():
+            raise ImageIOError(f"{path}: is a broken symbolic link or a link loop (it points to no file)")
         raise ImageIOError(f"{path}: file not found")
     if path.stat().st_size == 0:
         raise ImageIOError(f"{path}: file is empty (0 bytes)")
@@ -73,18 +79,66 @@ def _geometry(img: sitk.Image, path: Path) -> Geometry:
     return geo
 
 
-def read_file(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
-    """Read one file -> (array (C, Z, Y, X), Geometry). C > 1 only for multi-component (e.g. RGB) pixels."""
+def _pixdim(header: bytes) -> tuple[float, ...]:
+    """The spacing fields (pixdim[1..ndim]) of a NIfTI-1/2 header, either byte order; () if not NIfTI."""
+    for order in "<>":
+        size = struct.unpack(order + "i", header[:4])[0] if len(header) >= 4 else 0
+        if size == 348 and len(header) >= 348:
+            ndim, pix = struct.unpack(order + "h", header[40:42])[0], struct.unpack(order + "8f", header[76:108])
+        elif size == 540 and len(header) >= 540:
+            ndim, pix = struct.unpack(order + "q", header[16:24])[0], struct.unpack(order + "8d", header[104:168])
+        else:
+            continue
+        return tuple(pix[1 : 1 + min(max(int(ndim), 0), 7)])
+    return ()
+
+
+def check_nifti(path: Path) -> None:
+    """Raise ImageIOError for NIfTI defects that ITK's reader hides: a truncated file or gzip stream (read as
+    zeros), NaN/Inf voxels of float images (read as 0) and a non-finite header spacing.
+
+    Cost: the header and, for .nii.gz, the gzip trailer (the stored uncompressed size) are read; the whole file is
+    streamed only when these disagree or when the voxels are floats (NaN/Inf scan, about one more decompression).
+    """
+    from autoseg.data.verify import nifti_layout, scan_nifti
+
+    gz = path.name.lower().endswith(".gz")
+    try:
+        with (gzip.open if gz else open)(path, "rb") as fh:
+            header = fh.read(540)
+        with open(path, "rb") as fh:
+            fh.seek(-4 if gz else 0, os.SEEK_END)
+            tail_size = struct.unpack("<I", fh.read(4))[0] if gz else fh.tell()
+    except (OSError, EOFError, zlib.error, struct.error) as exc:
+        raise ImageIOError(
+            f"{path}: cannot be read as an image, the file is corrupt or truncated ({_short(exc)})"
+        ) from None
+    layout = nifti_layout(header)
+    if layout is None:
+        return  # not a NIfTI header: ITK's reader reports it
+    pixdim = _pixdim(header)
+    if not all(math.isfinite(s) for s in pixdim):
+        raise ImageIOError(f"{path}: the header's voxel spacing (pixdim) {pixdim} is not finite")
+    intact = tail_size == layout.end % 2**32 if gz else tail_size >= layout.end
+    if intact and layout.float_dtype is None:
+        return
+    broken, non_finite = scan_nifti(path)
+    if broken or non_finite:
+        raise ImageIOError(broken or non_finite)
+
+
+def read_file(path: str | os.PathLike, check_integrity: bool = True) -> tuple[np.ndarray, Geometry]:
+    """Read one file -> (array (C, Z, Y, X), Geometry). C > 1 only for multi-component (e.g. RGB) pixels.
+
+    NIfTI files are checked first (`check_nifti`) unless `check_integrity` is False (verify scans them itself).
+    """
     path = Path(path)
     ending = file_ending(path)
     check_ending(ending, str(path))
+    if check_integrity and ending in (".nii", ".nii.gz") and path.is_file() and path.stat().st_size:
+        check_nifti(path)
     img = _read_itk(path)
-    dim = img.GetDimension()
-    if dim not in (2, 3):
-        raise ImageIOError(
-            f"{path}: is a {dim}D image; autoseg needs 2D or 3D files with one channel per file "
-            "(a 4D MSD image can be split with `autoseg convert_msd`)"
-        )
+    _check_dim(path, img.GetDimension())
     geo = _geometry(img, path)
     try:
         arr = sitk.GetArrayFromImage(img)
@@ -95,23 +149,78 @@ def read_file(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
         arr = np.moveaxis(arr, -1, 0)
     else:
         arr = arr[None]
-    if dim == 2:
+    if img.GetDimension() == 2:
         arr = arr[:, None]
     return arr, geo
 
 
-def read_image(paths: Sequence[str | os.PathLike]) -> tuple[np.ndarray, Geometry]:
+def _check_dim(path: Path, dim: int) -> None:
+    if dim not in (2, 3):
+        raise ImageIOError(
+            f"{path}: is a {dim}D image; autoseg needs 2D or 3D files with one channel per file "
+            "(a 4D MSD image can be split with `autoseg convert_msd`)"
+        )
+
+
+def read_header(path: str | os.PathLike) -> tuple[tuple[int, ...], int, Geometry]:
+    """(shape (Z, Y, X), components per pixel, Geometry) from the file's header only (no voxel data is read).
+
+    Raises ImageIOError for what the header alone shows: unreadable, not 2D/3D, invalid geometry."""
+    path = Path(path)
+    if not path.is_file() or path.stat().st_size == 0:
+        _read_itk(path)  # raises the not-found / link / empty-file error
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise ImageIOError(
+            f"{path}: cannot be read as an image, the file is corrupt or truncated ({_short(exc)})"
+        ) from None
+    _check_dim(path, reader.GetDimension())
+    spacing = tuple(float(s) for s in reversed(reader.GetSpacing()))
+    geo = Geometry(
+        spacing if len(spacing) == 3 else (PSEUDO_SPACING_2D, *spacing),
+        tuple(float(o) for o in reader.GetOrigin()),
+        tuple(float(d) for d in reader.GetDirection()),
+        reader.GetDimension(),
+    )
+    if problems := geo.problems():
+        raise ImageIOError(f"{path}: invalid geometry: {'; '.join(problems)}")
+    size = tuple(int(s) for s in reversed(reader.GetSize()))
+    return (1, *size) if len(size) == 2 else size, int(reader.GetNumberOfComponents()), geo
+
+
+def check_inputs(paths: Sequence[str | os.PathLike]) -> None:
+    """What can be checked of a case's channel files before reading their voxels: headers, geometry (equal across
+    channels), NIfTI integrity (`check_nifti`). Raises ImageIOError naming the file."""
+    first = None
+    for p in map(Path, paths):
+        shape, _, geo = read_header(p)
+        if file_ending(p) in (".nii", ".nii.gz"):
+            check_nifti(p)
+        if first is None:
+            first = (p, shape, geo)
+        elif shape != first[1]:
+            raise ImageIOError(f"{p}: shape {shape} differs from {first[0].name} {first[1]}")
+        elif diffs := geo.matches(first[2]):
+            raise ImageIOError(f"{p}: geometry differs from {first[0].name}: {'; '.join(diffs)}")
+
+
+def read_image(paths: Sequence[str | os.PathLike], check_integrity: bool = True) -> tuple[np.ndarray, Geometry]:
     """Read the channel files of one case -> (float32 array (C, Z, Y, X), geometry of the first file).
 
-    Geometry consistency between channels is checked by `autoseg verify`; here a shape mismatch is an error.
+    Channels must agree in shape and geometry (same tolerances as `autoseg verify`).
     """
     arrays, geo = [], None
     for p in paths:
-        arr, g = read_file(p)
+        arr, g = read_file(p, check_integrity)
         if geo is None:
             geo = g
         elif arr.shape[1:] != arrays[0].shape[1:]:
             raise ImageIOError(f"{p}: shape {arr.shape[1:]} differs from {paths[0]} {arrays[0].shape[1:]}")
+        elif diffs := g.matches(geo):
+            raise ImageIOError(f"{p}: geometry differs from {Path(paths[0]).name}: {'; '.join(diffs)}")
         arrays.append(arr.astype(np.float32, copy=False))
     if geo is None:
         raise ImageIOError("read_image: no files given")

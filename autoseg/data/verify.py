@@ -142,7 +142,7 @@ def _read(path: Path, problems: list[str]) -> tuple[np.ndarray, Geometry] | None
     if broken:
         return None
     try:
-        return read_file(path)
+        return read_file(path, check_integrity=non_finite is None)  # NaN already reported: read the geometry
     except ImageIOError as exc:
         problems.append(str(exc))
     except Exception as exc:  # noqa: BLE001 - any reader failure is a finding about this file, not a crash
@@ -238,6 +238,20 @@ def check_case(case: Case, expect: Expectation) -> CaseResult:
     return CaseResult(case.case_id, tuple(problems), ref[0] if ref else None, dim, values)
 
 
+def loaded_case_problems(
+    case: Case, image: np.ndarray, geo: Geometry, label: np.ndarray | None, label_geo: Geometry | None,
+    label_values: tuple[int, ...] | None,
+) -> list[str]:  # fmt: skip
+    """Checks on a case already read by fingerprint/preprocess (image (C, Z, Y, X), label (Z, Y, X)): non-finite
+    voxels, label shape/geometry against the image, undeclared or non-integer label values. Cheap: one pass."""
+    files = case.images if len(case.images) == image.shape[0] else (case.images[0],) * image.shape[0]
+    problems = [p for c, path in enumerate(files) for p in _finite_problems(path, image[c])]
+    if label is not None and case.label is not None:
+        problems += _geometry_problems(case.label, label.shape, label_geo, (case.images[0], image.shape[1:], geo))
+        problems += _label_values(case.label, label, Expectation(False, 0, label_values))[1]
+    return problems
+
+
 # ---- dataset level -----------------------------------------------------------------------------------------------
 def _fallback_spec(folder: Path) -> tuple[DatasetSpec | None, tuple[int, ...] | None]:
     """A best-effort spec from a dataset.json with problems, so that the case files can still be checked."""
@@ -267,6 +281,9 @@ def _fallback_spec(folder: Path) -> tuple[DatasetSpec | None, tuple[int, ...] | 
 
 
 def _run(cases: list[Case], expect: Expectation, jobs: int) -> list[CaseResult]:
+    from autoseg.resources import workers_for_cases
+
+    jobs = workers_for_cases(jobs, cases, "verify")
     bar = {"total": len(cases), "desc": "verify", "unit": "case"}
     if jobs <= 1 or len(cases) <= 1:
         return [check_case(c, expect) for c in progress(cases, **bar)]

@@ -138,8 +138,22 @@ def _evaluate_case(case_id: str, ref_path: Path, pred_path: Path, labels, tolera
     pred, _ = read_label(pred_path)
     if pred.shape != ref.shape:
         raise ImageIOError(f"{pred_path}: shape {pred.shape} differs from the reference {ref_path} {ref.shape}")
+    for path, arr in ((ref_path, ref), (pred_path, pred)):
+        if arr.dtype.kind == "f" and not np.array_equal(arr, np.round(arr)):
+            raise ImageIOError(f"{path}: label map holds non-integer values; labels must be integers")
     per_label = case_metrics(pred, ref, labels, geo.spacing, tolerance_mm)
     return [{"case": case_id, "label": _label_key(lab), **m} for lab, m in per_label.items()]
+
+
+def unpredicted(ref_dir, pred_dir) -> list[Path]:
+    """Reference label files without a prediction file of the same name (evaluation refuses these)."""
+    from autoseg.data.image_io import SUPPORTED_ENDINGS
+
+    ref_dir, pred_dir = Path(ref_dir), Path(pred_dir)
+    if not ref_dir.is_dir() or not pred_dir.is_dir():
+        return []
+    refs = [p for p in sorted(ref_dir.iterdir()) if p.name.lower().endswith(SUPPORTED_ENDINGS)]
+    return [p for p in refs if not p.name.startswith(".") and not (pred_dir / p.name).is_file()]
 
 
 def _case_ids(ref_dir: Path, pred_dir: Path, file_ending: str, case_ids: Sequence[str] | None) -> list[str]:
@@ -152,7 +166,10 @@ def _case_ids(ref_dir: Path, pred_dir: Path, file_ending: str, case_ids: Sequenc
     for folder, what in ((pred_dir, "prediction"), (ref_dir, "reference")):
         missing = [c for c in case_ids if not (folder / f"{c}{file_ending}").is_file()]
         if missing:
-            raise DatasetError(f"{folder}: {what} missing for {len(missing)} case(s): {', '.join(missing[:5])}")
+            raise DatasetError(
+                f"{folder}: {what} missing for {len(missing)} case(s): {', '.join(missing[:5])} "
+                f"({folder / (missing[0] + file_ending)} does not exist)"
+            )
     return list(case_ids)
 
 

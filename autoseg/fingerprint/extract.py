@@ -20,12 +20,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from autoseg.data.dataset import Case, DatasetSpec, list_cases
+from autoseg.data.geometry import PSEUDO_SPACING_2D
 from autoseg.data.image_io import read_image, read_label
+from autoseg.data.verify import loaded_case_problems
 from autoseg.errors import DatasetError, FingerprintError
 from autoseg.fingerprint import intensity
 from autoseg.fingerprint.fingerprint import SCHEMA_VERSION, CaseFingerprint, DatasetFingerprint
 from autoseg.log import logger, progress
 from autoseg.preprocessing.crop import bounding_box, nonzero_mask
+from autoseg.resources import workers_for_cases
 from autoseg.serialization import atomic_write_text
 
 if TYPE_CHECKING:
@@ -56,9 +59,10 @@ def case_fingerprint(
     if case.label is None:
         raise DatasetError(f"case {case.case_id!r}: label file is missing; run `autoseg verify`")
     image, geo = read_image(case.images)
-    label, _ = read_label(case.label)
-    if label.shape != image.shape[1:]:
-        raise DatasetError(f"{case.label}: label shape {label.shape} differs from the image's {image.shape[1:]}")
+    label, label_geo = read_label(case.label)
+    problems = loaded_case_problems(case, image, geo, label, label_geo, (0, *foreground))
+    if problems:
+        raise DatasetError("; ".join(problems) + " (`autoseg verify` lists every problem of the dataset)")
     box = bounding_box(nonzero_mask(image))
     crop = tuple(slice(lo, hi) for lo, hi in box)
     foreground_mask = label[crop] > 0
@@ -106,7 +110,24 @@ def _cases(spec: DatasetSpec) -> list[Case]:
         raise DatasetError(f"{spec.folder}: dataset has problems, run `autoseg verify` for all of them:\n{shown}")
     if not cases:
         raise DatasetError(f"{spec.folder / 'imagesTr'}: no training cases found")
+    if len(cases) != spec.num_training:  # every case found is usable: a warning (verify reports it as a problem)
+        logger.warning(
+            f"{spec.folder / 'dataset.json'}: numTraining is {spec.num_training} but {len(cases)} cases were found "
+            f"in {spec.folder / 'imagesTr'}; fingerprinting the {len(cases)} found"
+        )
     return cases
+
+
+def _check_dimensions(cases: list[Case], fps: list[CaseFingerprint]) -> None:
+    """2D (pseudo spacing 999 on the first axis) and 3D cases must not be mixed."""
+    is_2d = [fp.spacing[0] == PSEUDO_SPACING_2D for fp in fps]
+    if 0 < sum(is_2d) < len(is_2d):
+        few = sum(is_2d) <= len(is_2d) / 2
+        odd = next(c for c, d in zip(cases, is_2d) if d == few)
+        raise DatasetError(
+            f"{odd.images[0]}: is {'2D' if few else '3D'} while other cases are {'3D' if few else '2D'} "
+            "(2D and 3D cases are mixed)"
+        )
 
 
 def extract_fingerprint(
@@ -123,6 +144,7 @@ def extract_fingerprint(
     from joblib import Parallel, delayed
 
     cases = _cases(spec)
+    jobs = workers_for_cases(jobs, cases, "fingerprint")
     n_samples = sample_budget // len(cases)
     logger.info(f"fingerprint {spec.name}: {len(cases)} cases, {n_samples} intensity samples per case, {jobs} jobs")
     tasks = (delayed(case_fingerprint)(c, spec.foreground_labels, n_samples, seed, i) for i, c in enumerate(cases))
@@ -133,6 +155,7 @@ def extract_fingerprint(
         case_fps.append(fp)
         for pool, sample in zip(pools, samples):
             pool.add(sample)
+    _check_dimensions(cases, case_fps)
     pooled = [p.fold() for p in pools]
     if pooled[0].values.size == 0:
         raise FingerprintError(f"{spec.folder / 'labelsTr'}: no case has foreground (label > 0) voxels")

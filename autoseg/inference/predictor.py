@@ -184,6 +184,9 @@ def list_inputs(inp: str | Path, source: ModelSource) -> list[InputCase]:
     endings: dict[str, str] = {}
     problems = []
     for p in sorted(inp.iterdir()):
+        if p.is_symlink() and not p.exists():
+            problems.append(f"{p}: is a broken symbolic link or a link loop (it points to no file)")
+            continue
         parts = _split_name(p)
         if parts is None:
             continue
@@ -233,7 +236,7 @@ def predict_folder(
 
     `out` is a folder, or with a single input file also a file name with a supported ending.
     """
-    from autoseg.data.image_io import SUPPORTED_ENDINGS, read_image, write_label
+    from autoseg.data.image_io import SUPPORTED_ENDINGS, check_inputs, read_image, write_label
     from autoseg.evaluation.postprocess import apply_postprocessing
     from autoseg.inference.ensemble import average_probabilities, probabilities_to_labels
     from autoseg.inference.ensemble import save_probabilities as save_npz
@@ -244,6 +247,8 @@ def predict_folder(
     cases = cases[k - 1 :: n]
     out = Path(out)
     single_file = Path(inp).is_file() and out.name.lower().endswith(SUPPORTED_ENDINGS)
+    for case in cases:  # every input is checked before the first output is written (no partial output folder)
+        check_inputs(case.files)
     written = []
     times = []
     for case in progress(cases, desc="predict", unit="case"):
@@ -253,7 +258,7 @@ def predict_folder(
             logger.debug(f"{target}: exists, skipped (--continue)")
             continue
         start = time.perf_counter()
-        image, geometry = read_image(case.files)
+        image, geometry = read_image(case.files, check_integrity=False)  # checked above
         if image.shape[0] != predictors[0].in_channels:
             raise ImageIOError(
                 f"case {case.case_id!r}: the image has {image.shape[0]} channel(s) "

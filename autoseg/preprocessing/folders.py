@@ -85,21 +85,14 @@ def prepare_folder(folder: Path, settings: dict, overwrite: bool) -> None:
     save_json(stored_path, settings)
 
 
-def choose_jobs(requested: int, bytes_per_case: float, available: float | None = None) -> int:
-    """Workers that fit the available memory (80 % of it), at least 1 and at most `requested`."""
-    if available is None:
-        available = available_memory()
-    if not available or bytes_per_case <= 0:
-        return max(1, requested)
-    return int(max(1, min(requested, (0.8 * available) // bytes_per_case)))
+def choose_jobs(requested: int, bytes_per_case: float, available: float | None = None, what: str = "") -> int:
+    """Workers that fit 80 % of the available memory, between 1 and `requested` (see autoseg.resources)."""
+    from autoseg.resources import choose_workers
+
+    return choose_workers(requested, bytes_per_case, what, available, stage="preprocess")
 
 
 def available_memory() -> float | None:
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return float(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
+    from autoseg.resources import available_memory as available
+
+    return available()

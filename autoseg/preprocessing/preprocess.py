@@ -24,8 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from autoseg.data.dataset import list_cases, load_dataset
-from autoseg.data.geometry import Geometry
+from autoseg.data.geometry import PSEUDO_SPACING_2D, Geometry
 from autoseg.data.image_io import read_image, read_label
+from autoseg.data.verify import loaded_case_problems
 from autoseg.errors import DatasetError, FingerprintError
 from autoseg.fingerprint.fingerprint import DatasetFingerprint
 from autoseg.log import logger, progress
@@ -35,6 +36,7 @@ from autoseg.preprocessing.folders import FolderLock, choose_jobs, clean_folder,
 from autoseg.preprocessing.normalize import normalize, resolve_scheme
 from autoseg.preprocessing.resample import compute_new_shape, resample_data, resample_labels, separate_z_axis
 from autoseg.preprocessing.storage import CaseProperties, PreprocessedCase, atomic_write, is_complete, save_case
+from autoseg.resources import COPIES, case_bytes, describe
 
 LOCATION_SEED = 1234
 MAX_LOCATIONS = 10_000
@@ -177,12 +179,23 @@ def copy_ground_truth(src: Path, dst: Path) -> None:
     atomic_write(dst, lambda fh: fh.write(data))
 
 
-def process_case(case, plans: Plans, targets: list[Target], intensity: tuple | None, gt_dst: Path | None) -> str:
-    """Worker task: read one raw case, write it to every target folder, copy its label file."""
+def process_case(
+    case, plans: Plans, targets: list[Target], intensity: tuple | None, gt_dst: Path | None,
+    label_values: tuple[int, ...] | None = None,
+) -> str:  # fmt: skip
+    """Worker task: read one raw case, check it (`loaded_case_problems`), write it to every target folder, copy
+    its label file."""
     image, geo = read_image(case.images)
-    seg = read_label(case.label)[0] if case.label is not None else None
-    if seg is not None and seg.shape != image.shape[1:]:
-        raise DatasetError(f"{case.label}: label shape {seg.shape} differs from the image's {image.shape[1:]}")
+    seg, seg_geo = read_label(case.label) if case.label is not None else (None, None)
+    problems = loaded_case_problems(case, image, geo, seg, seg_geo, label_values)
+    planned_2d = PSEUDO_SPACING_2D in plans.original_median_spacing
+    if geo.is_2d != planned_2d:
+        problems.append(
+            f"{case.images[0]}: is a {2 if geo.is_2d else 3}D image but the plans were made for "
+            f"{2 if planned_2d else 3}D images (2D and 3D cases are mixed)"
+        )
+    if problems:
+        raise DatasetError("; ".join(problems) + " (`autoseg verify` lists every problem of the dataset)")
     cropped = crop_and_transpose(image, seg, geo, plans)
     del image, seg
     cache: dict[tuple, np.ndarray] = {}
@@ -198,16 +211,21 @@ def process_case(case, plans: Plans, targets: list[Target], intensity: tuple | N
 
 def bytes_per_case(fingerprint, plans: Plans, targets: list[Target]) -> float:
     """Rough peak memory of one worker: the largest case in float32, times the largest resampling zoom, x 6."""
+    return _worst_case(fingerprint, plans, targets)[0]
+
+
+def _worst_case(fingerprint, plans: Plans, targets: list[Target]) -> tuple[float, str]:
+    """(peak bytes of one worker, description of that case) from the fingerprint's shapes and spacings."""
     if fingerprint is None or not fingerprint.cases:
-        return 0.0
+        return 0.0, ""
     tr = list(plans.transpose)
-    worst = 0.0
+    worst, shape, channels = 0.0, (), len(fingerprint.channel_names)
     for c in fingerprint.cases:
         sp = [c.spacing[a] for a in tr]
         zoom = max(math.prod(s / t for s, t in zip(sp, target_spacing(t.configuration, sp))) for t in targets)
-        voxels = math.prod(c.shape_before_crop or c.shape_after_crop)
-        worst = max(worst, voxels * max(1.0, zoom))
-    return worst * 4 * len(fingerprint.channel_names) * 6
+        need = case_bytes(c.shape_before_crop or c.shape_after_crop, channels, COPIES["preprocess"], zoom)
+        worst, shape = max((worst, shape), (need, c.shape_before_crop or c.shape_after_crop))
+    return worst, describe(shape, channels)
 
 
 def _targets(ws, name: str, plans: Plans, configurations: Sequence[str] | None) -> tuple[list[Target], list[str]]:
@@ -251,7 +269,6 @@ def preprocess_dataset(
         jobs: worker processes (reduced if the available memory is short); 1 runs in this process.
         overwrite: recompute cases that are already complete.
     """
-    from joblib import Parallel, delayed
 
     spec = load_dataset(ws.raw_dataset(dataset_name))
     cases, problems = list_cases(spec)
@@ -260,30 +277,65 @@ def preprocess_dataset(
     targets, skipped = _targets(ws, dataset_name, plans, configurations)
     intensity, fingerprint = _intensity(ws, dataset_name, plans, targets)
     gt = ws.gt_folder(dataset_name)
-    gt.mkdir(parents=True, exist_ok=True)
-    clean_folder(gt, remove_cases=False)
+    existed = {f: f.is_dir() for f in [gt, *(t.folder for t in targets)]}
     with ExitStack() as stack:
         for t in targets:
             stack.enter_context(FolderLock(t.folder))
-            prepare_folder(t.folder, folder_settings(plans, t.configuration, intensity), overwrite)
-        tasks = []
-        for case in cases:
-            todo = [t for t in targets if overwrite or not is_complete(t.folder, case.case_id)]
-            gt_dst = gt / f"{case.case_id}{spec.file_ending}" if case.label is not None else None
-            if gt_dst is not None and gt_dst.is_file() and not overwrite:
-                gt_dst = None
-            if todo or gt_dst is not None:
-                tasks.append(delayed(process_case)(case, plans, todo, intensity, gt_dst))
-        n_jobs = choose_jobs(jobs, bytes_per_case(fingerprint, plans, targets)) if tasks else 1
-        if n_jobs < jobs:
-            logger.info(f"preprocess: {n_jobs} worker(s) instead of {jobs}, to fit the available memory")
-        ids = ", ".join(t.configuration.data_identifier for t in targets)
-        logger.info(f"preprocess {dataset_name} [{ids}]: {len(tasks)} of {len(cases)} cases to do, {n_jobs} jobs")
-        results = Parallel(n_jobs=min(n_jobs, max(1, len(tasks))), backend="loky", return_as="generator_unordered")(
-            tasks
-        )
-        for _ in progress(results, total=len(tasks), desc="preprocess", unit="case"):
-            pass
+        made: dict[str, list] = {"cases": [], "gt": []}  # what this run creates (removed again if it fails)
+        try:
+            return _run(spec, cases, plans, targets, skipped, gt, (intensity, fingerprint), jobs, overwrite, made)
+        except Exception:
+            rollback(existed, targets, made)
+            raise
+
+
+def rollback(existed: dict[Path, bool], targets: list[Target], made: dict[str, list]) -> None:
+    """After a failed run (called holding the folder locks): remove the cases this run was making and the folders
+    it created, so that only complete earlier work stays. joblib stops the workers before the error gets here."""
+    for cid in made["cases"]:
+        for t in targets:
+            for suffix in (".json", ".npy", "_seg.npy", "_locs.npy"):
+                (t.folder / f"{cid}{suffix}").unlink(missing_ok=True)
+    for path in made["gt"]:
+        path.unlink(missing_ok=True)
+    for folder, was_there in existed.items():
+        if folder.is_dir():
+            clean_folder(folder, remove_cases=False)
+            if not was_there:
+                for name in (".lock", ".settings.json"):
+                    (folder / name).unlink(missing_ok=True)
+                if not any(folder.iterdir()):
+                    folder.rmdir()
+    parent = targets[0].folder.parent if targets else None
+    if parent is not None and parent.is_dir() and not any(parent.iterdir()):
+        parent.rmdir()
+
+
+def _run(spec, cases, plans, targets, skipped, gt: Path, stats, jobs: int, overwrite: bool, made: dict):
+    from joblib import Parallel, delayed
+
+    (intensity, fingerprint), dataset_name = stats, spec.folder.name
+    gt.mkdir(parents=True, exist_ok=True)
+    clean_folder(gt, remove_cases=False)
+    for t in targets:
+        prepare_folder(t.folder, folder_settings(plans, t.configuration, intensity), overwrite)
+    tasks = []
+    for case in cases:
+        todo = [t for t in targets if overwrite or not is_complete(t.folder, case.case_id)]
+        gt_dst = gt / f"{case.case_id}{spec.file_ending}" if case.label is not None else None
+        if gt_dst is not None and gt_dst.is_file() and not overwrite:
+            gt_dst = None
+        if todo or gt_dst is not None:
+            tasks.append(delayed(process_case)(case, plans, todo, intensity, gt_dst, spec.label_values))
+            made["cases"] += [case.case_id] if not any(is_complete(t.folder, case.case_id) for t in targets) else []
+            made["gt"] += [gt_dst] if gt_dst is not None and not gt_dst.is_file() else []
+    need, what = _worst_case(fingerprint, plans, targets)
+    n_jobs = choose_jobs(jobs, need, what=what) if tasks else 1
+    ids = ", ".join(t.configuration.data_identifier for t in targets)
+    logger.info(f"preprocess {dataset_name} [{ids}]: {len(tasks)} of {len(cases)} cases to do, {n_jobs} jobs")
+    results = Parallel(n_jobs=min(n_jobs, max(1, len(tasks))), backend="loky", return_as="generator_unordered")(tasks)
+    for _ in progress(results, total=len(tasks), desc="preprocess", unit="case"):
+        pass
     return PreprocessReport(
         dataset=dataset_name,
         folders={t.configuration.data_identifier: t.folder for t in targets},
