@@ -18,7 +18,9 @@ COMMAND_MODULES = (
     "autoseg.cli.plan_cmds",
     "autoseg.cli.preprocess_cmds",
     "autoseg.cli.train_cmds",
+    "autoseg.cli.infer_cmds",
     "autoseg.cli.demo_cmds",
+    "autoseg.cli.tools_cmds",
 )
 
 
