@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import pytest
 from kill_helpers import ENV, autoseg, hidden_temp_files
 
 from autoseg.data.synthetic import make_synthetic_dataset
-from autoseg.preprocessing import storage
+from autoseg.preprocessing.folders import FolderLock
 from autoseg.preprocessing.pipeline import plan_and_preprocess
 from autoseg.workspace import Workspace
 
@@ -34,18 +35,18 @@ def test_preprocessing_started_twice_is_locked(tmp_path):
     for f in ("plans.json", "fingerprint.json"):
         shutil.copy(clean.preprocessed_dataset(NAME) / f, ws.preprocessed_dataset(NAME) / f)
     cmd = autoseg("preprocess", "--workspace", str(ws.root), "-d", "999", "-c", "3d_fullres", "-j", "1")
-    first = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     folder = ws.preprocessed_config(NAME, "3d_fullres")
-    deadline = time.monotonic() + 60
-    while first.poll() is None and not storage.list_cases(folder) and time.monotonic() < deadline:
-        time.sleep(0.005)
-    assert first.poll() is None, "the first run finished before the second could start"
-    second = subprocess.run(cmd, env=ENV, capture_output=True, text=True)
-    out, err = first.communicate(timeout=120)
-    assert first.returncode == 0, err
+    folder.mkdir(parents=True)
+    # Hold the folder's lock as a running preprocess would (a real race depends on timing): the second run must
+    # refuse at once, name the holder, and write nothing.
+    with FolderLock(folder):
+        second = subprocess.run(cmd, env=ENV, capture_output=True, text=True)
     assert second.returncode == 1
-    assert f"another process (pid {first.pid}) is preprocessing this configuration" in second.stderr
+    assert f"another process (pid {os.getpid()}) is preprocessing this configuration" in second.stderr
     assert "Traceback" not in second.stderr
+    assert sorted(p.name for p in folder.iterdir()) == [".lock"]
+    first = subprocess.run(cmd, env=ENV, capture_output=True, text=True)  # once the lock is free it runs
+    assert first.returncode == 0, first.stderr
     got = {p.name: p.read_bytes() for p in folder.iterdir() if p.name != ".lock"}
     ref_folder = clean.preprocessed_config(NAME, "3d_fullres")
     want = {p.name: p.read_bytes() for p in ref_folder.iterdir() if p.name != ".lock"}
