@@ -88,17 +88,53 @@ def _first(output) -> torch.Tensor:
     return output[0] if isinstance(output, (list, tuple)) else output
 
 
-def _forward_tta(model: nn.Module, batch: torch.Tensor, flips: list[tuple[int, ...]], autocast: bool) -> torch.Tensor:
-    """Mean over mirror passes of the model's logits for a batch (B, C, *patch) -> (B, K, *patch) float32."""
+CPU_BATCH_VOXELS = 2**20  # inputs x patch voxels per forward pass on the CPU (~128 MB per 32-channel feature map)
+CPU_MAX_BATCH = 8
+
+
+def default_max_batch(device: torch.device | str, batch_tiles: int, patch_size: Sequence[int] = ()) -> int:
+    """Largest forward batch (tiles x mirrored copies) by default.
+
+    On the CPU: up to 8 inputs, fewer for large patches (at most `CPU_BATCH_VOXELS` input voxels per pass). A batch
+    of 8 patch-sized inputs runs markedly faster per input than one at a time (bigger matrices for the convolutions;
+    measured in docs/benchmarks.md "Inference"), so the mirrored copies of a tile share a pass. On a GPU the peak
+    memory of a pass stays what `batch_tiles` asks for.
+    """
+    if torch.device(device).type != "cpu":
+        return max(int(batch_tiles), 1)
+    voxels = math.prod(int(p) for p in patch_size) if len(patch_size) else 1
+    return max(1, min(CPU_MAX_BATCH, CPU_BATCH_VOXELS // max(voxels, 1)))
+
+
+def _flip_groups(n_tiles: int, flips: list[tuple[int, ...]], max_batch: int) -> list[list[tuple[int, ...]]]:
+    """Mirror subsets split into groups whose copies of `n_tiles` tiles fit one forward pass of `max_batch`."""
+    per_pass = max(max_batch // max(n_tiles, 1), 1)
+    return [flips[i : i + per_pass] for i in range(0, len(flips), per_pass)]
+
+
+def _forward_tta(
+    model: nn.Module, batch: torch.Tensor, flips: list[tuple[int, ...]], autocast: bool, max_batch: int = 1
+) -> torch.Tensor:
+    """Sum over mirror passes of the model's logits for a batch (B, C, *patch) -> (B, K, *patch) float32.
+
+    The flipped copies are concatenated along the batch axis, at most `max_batch` inputs per forward pass; every
+    output is flipped back before it is added. The caller divides by ``len(flips)`` (folded into the tile weight).
+    """
+    n = batch.shape[0]
     total = None
-    for axes in flips:
-        dims = [a + 2 for a in axes]
-        x = torch.flip(batch, dims) if dims else batch
+    for group in _flip_groups(n, flips, max_batch):
+        dims = [[a + 2 for a in axes] for axes in group]
+        inputs = [torch.flip(batch, d) if d else batch for d in dims]
+        x = torch.cat(inputs) if len(inputs) > 1 else inputs[0]
         with torch.autocast("cuda", enabled=autocast):
             out = _first(model(x)).float()
-        out = torch.flip(out, dims) if dims else out
-        total = out if total is None else total.add_(out)
-    return total / len(flips) if len(flips) > 1 else total
+        for i, d in enumerate(dims):
+            part = out[i * n : (i + 1) * n]
+            if total is None:  # a flip is already a fresh copy; the unflipped output may be a view of the batch
+                total = torch.flip(part, d) if d else part.clone()
+            else:
+                total.add_(torch.flip(part, d) if d else part)
+    return total
 
 
 def _tiles(lead_shape: Sequence[int], positions: list[list[int]], patch: Sequence[int]) -> Iterator[Slicer]:
@@ -131,8 +167,13 @@ def _accumulate(
     device: torch.device,
     buffer_device: torch.device,
     use_gaussian: bool,
+    max_batch: int = 1,
 ) -> torch.Tensor:
-    """Weighted logit sum divided by the weight sum for a padded image (C, *lead, *spatial) -> (K, *lead, *spatial)."""
+    """Weighted logit sum divided by the weight sum for a padded image (C, *lead, *spatial) -> (K, *lead, *spatial).
+
+    The buffers are created outside inference mode (so the result is a normal tensor); only the forward passes run
+    under ``torch.inference_mode``. The mirror average is folded into the tile weight (one multiply per tile batch).
+    """
     spatial = tuple(image.shape[-len(patch) :])
     lead = tuple(image.shape[1 : image.ndim - len(patch)])
     positions = tile_positions(spatial, patch, step)
@@ -140,6 +181,7 @@ def _accumulate(
         weight = gaussian_importance(patch, device=buffer_device)
     else:
         weight = torch.ones(patch, dtype=torch.float32, device=buffer_device)
+    tile_weight = weight / len(flips)
     autocast = device.type == "cuda"
     logits, weights = None, torch.zeros((*lead, *spatial), dtype=torch.float32, device=buffer_device)
     tiles = list(_tiles(lead, positions, patch))
@@ -147,13 +189,13 @@ def _accumulate(
         chunk = tiles[start : start + batch_tiles]
         batch = torch.stack([image[(slice(None), *sl)] for sl in chunk]).to(device, non_blocking=True)
         with torch.inference_mode():
-            pred = _forward_tta(model, batch, flips, autocast)
-        pred = pred.to(buffer_device)
+            pred = _forward_tta(model, batch, flips, autocast, max_batch)
+            pred = pred.to(buffer_device).mul_(tile_weight)
         if logits is None:
             logits = torch.zeros((pred.shape[1], *lead, *spatial), dtype=torch.float32, device=buffer_device)
         for i, sl in enumerate(chunk):
-            logits[(slice(None), *sl)] += pred[i] * weight
-            weights[sl] += weight
+            logits[(slice(None), *sl)].add_(pred[i])
+            weights[sl].add_(weight)
     return logits.div_(weights)
 
 
@@ -166,6 +208,7 @@ def sliding_window_logits(
     batch_tiles: int = 4,
     device: torch.device | str | None = None,
     use_gaussian: bool = True,
+    max_batch: int | None = None,
 ) -> torch.Tensor:
     """Logits (K, *spatial) float32 on the CPU of `model` over `image` (C, *spatial) by Gaussian-weighted tiles.
 
@@ -173,6 +216,8 @@ def sliding_window_logits(
     patch, (C, Z, Y, X) with a 2D patch, is predicted slice by slice along Z (see `predict_2d_from_3d`).
     `mirror_axes` index the model's spatial axes (0 = first spatial axis); all their subsets are averaged.
     `device` defaults to the device of the model's parameters; the model is moved there if it differs.
+    `batch_tiles` tiles are cut out together; their mirrored copies are concatenated into forward passes of at most
+    `max_batch` inputs (default `default_max_batch`: up to 8 on the CPU, `batch_tiles` on a GPU).
     Images smaller than the patch are padded with 0 and the result cropped back to the input size.
     The model runs in eval mode (its previous mode is restored) under ``torch.inference_mode``; a model returning
     a list (deep supervision) contributes its first, full-resolution element.
@@ -190,9 +235,9 @@ def sliding_window_logits(
     model.eval()
     try:
         with torch.no_grad():
-            result = _run_with_fallback(
-                model, padded, patch, step, flips, max(int(batch_tiles), 1), device, use_gaussian
-            )
+            tiles = max(int(batch_tiles), 1)
+            bound = max(int(max_batch), 1) if max_batch is not None else default_max_batch(device, tiles, patch)
+            result = _run_with_fallback(model, padded, patch, step, flips, tiles, device, use_gaussian, bound)
             return result[(*lead, *crop)].cpu().contiguous()
     finally:
         model.train(was_training)
@@ -207,6 +252,7 @@ def predict_2d_from_3d(
     batch_tiles: int = 16,
     device: torch.device | str | None = None,
     use_gaussian: bool = True,
+    max_batch: int | None = None,
 ) -> torch.Tensor:
     """A 2D model over a 3D image (C, Z, Y, X), slice by slice along Z -> logits (K, Z, Y, X) float32 on the CPU.
 
@@ -217,7 +263,9 @@ def predict_2d_from_3d(
             f"predict_2d_from_3d needs a (C, Z, Y, X) image and a 2D patch, got {tuple(image.shape)} "
             f"and {tuple(patch_size)}"
         )
-    return sliding_window_logits(model, image, patch_size, step, mirror_axes, batch_tiles, device, use_gaussian)
+    return sliding_window_logits(
+        model, image, patch_size, step, mirror_axes, batch_tiles, device, use_gaussian, max_batch
+    )
 
 
 def _resolve_device(model: nn.Module, device: torch.device | str | None) -> torch.device:
@@ -229,13 +277,16 @@ def _resolve_device(model: nn.Module, device: torch.device | str | None) -> torc
     return target
 
 
-def _run_with_fallback(model, padded, patch, step, flips, batch_tiles, device, use_gaussian) -> torch.Tensor:
-    """Accumulate on the device; on CUDA out-of-memory retry with host-memory accumulators, one tile per pass."""
+def _run_with_fallback(
+    model, padded, patch, step, flips, batch_tiles, device, use_gaussian, max_batch: int = 1
+) -> torch.Tensor:
+    """Accumulate on the device; on CUDA out-of-memory retry with host-memory accumulators, one input per pass."""
+    args = (model, padded, patch, step, flips)
     if device.type != "cuda":
-        return _accumulate(model, padded, patch, step, flips, batch_tiles, device, device, use_gaussian)
+        return _accumulate(*args, batch_tiles, device, device, use_gaussian, max_batch=max_batch)
     try:
-        return _accumulate(model, padded, patch, step, flips, batch_tiles, device, device, use_gaussian)
+        return _accumulate(*args, batch_tiles, device, device, use_gaussian, max_batch=max_batch)
     except torch.cuda.OutOfMemoryError:
         logger.warning(f"GPU out of memory for an image of shape {tuple(padded.shape)}; accumulating in host memory")
     torch.cuda.empty_cache()
-    return _accumulate(model, padded, patch, step, flips, 1, device, torch.device("cpu"), use_gaussian)
+    return _accumulate(*args, 1, device, torch.device("cpu"), use_gaussian, max_batch=1)

@@ -222,14 +222,66 @@ def test_invalid_arguments_raise():
 def test_cuda_out_of_memory_falls_back_to_host_buffers(monkeypatch):
     calls = []
 
-    def fake_accumulate(model, padded, patch, step, flips, batch_tiles, device, buffer_device, use_gaussian):
-        calls.append((batch_tiles, buffer_device.type))
+    def fake_accumulate(model, padded, patch, step, flips, batch_tiles, device, buffer_device, use_gaussian, max_batch):
+        calls.append((batch_tiles, buffer_device.type, max_batch))
         if buffer_device.type == "cuda":
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
         return torch.ones(1)
 
     monkeypatch.setattr(sw, "_accumulate", fake_accumulate)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
-    out = sw._run_with_fallback(None, torch.zeros(1, 8), (8,), 0.5, [()], 4, torch.device("cuda"), True)
-    assert calls == [(4, "cuda"), (1, "cpu")]
+    out = sw._run_with_fallback(None, torch.zeros(1, 8), (8,), 0.5, [()], 4, torch.device("cuda"), True, 4)
+    assert calls == [(4, "cuda", 4), (1, "cpu", 1)]
     assert math.isclose(float(out[0]), 1.0)
+
+
+class CountingNet(nn.Module):
+    """A small conv net with instance norm that records the batch size of every forward pass."""
+
+    def __init__(self, ndim: int = 3):
+        super().__init__()
+        torch.manual_seed(5)
+        conv = nn.Conv3d if ndim == 3 else nn.Conv2d
+        norm = nn.InstanceNorm3d if ndim == 3 else nn.InstanceNorm2d
+        self.body = nn.Sequential(conv(2, 4, 3, padding=1), norm(4, affine=True), nn.LeakyReLU(0.01), conv(4, 3, 1))
+        self.batches: list[int] = []
+
+    def forward(self, x):
+        self.batches.append(x.shape[0])
+        return self.body(x)
+
+
+@pytest.mark.parametrize("batch_tiles,max_batch,largest", [(1, 8, 8), (2, 8, 8), (3, 5, 3), (4, 2, 4), (16, 64, 64)])
+def test_batched_mirror_tta_equals_sequential_passes(batch_tiles, max_batch, largest):
+    torch.manual_seed(6)
+    image = torch.randn(2, 14, 19, 11)
+    model = CountingNet()
+    sequential = sliding_window_logits(model, image, (8, 10, 6), mirror_axes=(0, 1, 2), batch_tiles=1, max_batch=1)
+    assert set(model.batches) == {1}  # one tile, one mirror per pass
+    model.batches.clear()
+    batched = sliding_window_logits(
+        model, image, (8, 10, 6), mirror_axes=(0, 1, 2), batch_tiles=batch_tiles, max_batch=max_batch
+    )
+    torch.testing.assert_close(batched, sequential, rtol=1e-5, atol=1e-5)
+    n_inputs = 3 * 3 * 3 * 8  # 27 tiles x 8 mirrored copies
+    assert sum(model.batches) == n_inputs
+    assert max(model.batches) == largest  # tiles x mirrors per pass, never split below one tile batch
+
+
+def test_one_tile_with_all_mirrors_is_one_forward_pass_on_cpu():
+    model = CountingNet()
+    image = torch.randn(2, 8, 10, 6)
+    out = sliding_window_logits(model, image, (8, 10, 6), mirror_axes=(0, 1, 2))
+    assert model.batches == [8]  # default_max_batch on the CPU is 8: the 8 mirrored copies share a pass
+    assert out.shape == (3, 8, 10, 6) and not out.is_inference()
+
+
+def test_flip_groups_and_default_max_batch():
+    flips = mirror_subsets((0, 1, 2))
+    assert sw._flip_groups(1, flips, 8) == [flips]
+    assert sw._flip_groups(3, flips, 8) == [flips[0:2], flips[2:4], flips[4:6], flips[6:8]]
+    assert sw._flip_groups(16, flips, 8) == [[f] for f in flips]  # more tiles than the bound: one mirror per pass
+    assert sw.default_max_batch("cpu", 4, (40, 56, 40)) == 8  # Hippocampus 3d_fullres: 8 x 89600 voxels <= 2**20
+    assert sw.default_max_batch("cpu", 4, (128, 128, 128)) == 1  # large patches: one input per pass
+    assert sw.default_max_batch("cpu", 4, (512, 512)) == 4
+    assert sw.default_max_batch("cuda", 4, (40, 56, 40)) == 4  # GPU: the forward batch batch_tiles asks for
