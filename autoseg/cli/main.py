@@ -76,7 +76,14 @@ def main(argv: list[str] | None = None) -> int:
         ws = Workspace.from_env(args.workspace, os.environ)
         if ws.root_source == "default" and getattr(args, "needs_workspace", True):
             print(f"autoseg: workspace {ws.root} (default; set --workspace or AUTOSEG_HOME)", file=sys.stderr)
-        return int(args.handler(args, ws) or 0)
+        code = int(args.handler(args, ws) or 0)
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            # Under torchrun all work is done and the process group destroyed; skip interpreter teardown, where
+            # gloo's C++ threads can abort a rank ("terminate called without an active exception").
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+        return code
     except AutosegError as exc:
         if args.debug:
             raise

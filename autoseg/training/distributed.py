@@ -49,8 +49,16 @@ def init(info: DistInfo, device: torch.device) -> None:
 
 
 def shutdown() -> None:
+    """Wait for every rank (rank 0 may still be writing), then tear the process group down together.
+
+    Without the barrier a rank that finishes first can exit while gloo threads still serve the others, which
+    aborts it ("terminate called without an active exception").
+    """
     if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+        try:
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
 
 
 def rank_device(info: DistInfo, device: torch.device) -> torch.device:
