@@ -2,20 +2,37 @@
 
 Stages: generate data -> verify -> fingerprint -> plan -> preprocess -> train (fold 0, short schedule) ->
 predict the held-out cases -> evaluate. Each stage calls the same public function as its CLI command.
+
+Before the first stage the demo checks what would otherwise fail late: the device, that the workspace folders can
+be written, and that a demo dataset already in the workspace was made with the same settings (its preprocessed
+cases and model would not match other data). Running the demo again reuses the data, the preprocessed cases and
+the training run (an interrupted training continues from its last epoch).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from autoseg.errors import AutosegError, ConfigError, WorkspaceError
 from autoseg.log import logger
 from autoseg.workspace import Workspace
 
 DEMO_ID = 990
 DEMO_NAME = "DemoCT"
+DEMO_DATASET = f"Dataset{DEMO_ID:03d}_{DEMO_NAME}"
+SETTINGS_FILE = "demo_settings.json"  # in the raw dataset folder: the settings the demo data and model were made with
+_SEED, _OBLIQUE_EVERY = 2026, 4
+
+
+class DemoError(AutosegError):
+    """A stage of the demo failed; the message names the stage and the cause."""
 
 
 @dataclass(frozen=True)
@@ -29,10 +46,26 @@ class DemoSettings:
     configuration: str = "3d_fullres"
     tta: bool = True  # mirror test-time augmentation for validation and prediction
 
+    def __post_init__(self) -> None:
+        if self.n_train < 5:
+            raise ConfigError(f"demo settings: n_train={self.n_train}; fold 0 of a 5-fold split needs at least 5")
+        if self.n_test < 1:
+            raise ConfigError(f"demo settings: n_test={self.n_test}; evaluation needs at least 1 held-out case")
+        if self.epochs < 1 or self.iterations_per_epoch < 1:
+            raise ConfigError(
+                f"demo settings: epochs={self.epochs}, iterations_per_epoch={self.iterations_per_epoch}; "
+                "both must be at least 1"
+            )
+
     @classmethod
     def fast(cls) -> DemoSettings:
         """A smoke test of every stage (about a minute on 2 cores); too short for a good Dice."""
         return cls(n_train=8, n_test=2, shape=(20, 40, 40), epochs=3, iterations_per_epoch=8, tta=False)
+
+    def record(self) -> dict:
+        """What `demo_settings.json` holds (JSON types): every setting plus the generator's fixed arguments."""
+        data = {**dataclasses.asdict(self), "seed": _SEED, "oblique_every": _OBLIQUE_EVERY}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}
 
 
 @dataclass
@@ -43,26 +76,121 @@ class DemoResult:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-def _timed(result: DemoResult, stage: str, fn: Callable[[], object]) -> object:
+def _timed(result: DemoResult, stage: str, fn: Callable[[], object], where: Path) -> object:
+    """Run one stage; an error becomes one message naming the stage, the cause and what to do."""
     logger.info(f"== {stage}")
     t0 = time.perf_counter()
-    out = fn()
+    try:
+        out = fn()
+    except (AutosegError, OSError) as exc:
+        cause = str(exc) if isinstance(exc, AutosegError) else f"{type(exc).__name__}: {exc}"
+        raise DemoError(
+            f"stage '{stage}' failed: {cause}\n(fix the cause and run the same command again: the data, preprocessed "
+            f"cases and training run already made under {where} are reused)"
+        ) from exc
     result.seconds[stage] = round(time.perf_counter() - t0, 1)
     return out
 
 
+# ---- checks before the first stage -----------------------------------------------------------------------------
+def check_device(device: str | None) -> None:
+    """`None` (CUDA when available), `cpu` or `cuda[:N]`; CUDA must be present when asked for."""
+    if device is None or device == "cpu":
+        return
+    if not device.startswith("cuda"):
+        raise ConfigError(f"--device {device!r}: the demo runs on cpu or cuda")
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError(
+            f"--device {device}: CUDA is not available on this machine (torch {torch.__version__}); run the demo "
+            "on the CPU with --device cpu, or leave --device out to use CUDA only when it is available"
+        )
+
+
+def check_workspace(ws: Workspace) -> None:
+    """Create the workspace folders the demo writes and prove each is writable (a file in the way, no permission,
+    a read-only disk: one message naming the folder)."""
+    for folder in dict.fromkeys((ws.root, ws.raw, ws.preprocessed, ws.results, ws.root / "demo")):
+        blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+        if blocker is not None:
+            raise WorkspaceError(
+                f"workspace folder {folder} cannot be created: {blocker} is a file, not a folder; pass --workspace "
+                "with the path of a folder (new or existing), or move the file away"
+            )
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(prefix=".autoseg_write_test.", dir=folder)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            raise WorkspaceError(
+                f"workspace folder {folder} is not writable ({exc.strerror or exc}); choose a writable folder with "
+                "--workspace (or AUTOSEG_HOME), or fix its permissions"
+            ) from None
+
+
+def _describe(record: dict) -> str:
+    for cmd, preset in (("autoseg demo --fast", DemoSettings.fast()), ("autoseg demo", DemoSettings())):
+        if record == preset.record():
+            return f"the settings of `{cmd}`"
+    return "settings " + ", ".join(f"{k}={v}" for k, v in record.items())
+
+
+def existing_dataset(ws: Workspace, settings: DemoSettings) -> bool:
+    """Whether the workspace already holds the demo dataset made with `settings` (reuse it); raises WorkspaceError
+    when it holds one made otherwise, a folder the demo did not make, or demo results without their data."""
+    from autoseg.serialization import load_json
+
+    folder = ws.raw / DEMO_DATASET
+    others = [p for p in (ws.preprocessed / DEMO_DATASET, ws.results / DEMO_DATASET, ws.root / "demo") if p.exists()]
+    remove = " and ".join(str(p) for p in [folder, *others] if p.exists())
+    fresh = "run the demo in another workspace (--workspace NEW_FOLDER)"
+    if not folder.exists():
+        derived = [p for p in others if p.name == DEMO_DATASET]
+        if derived:
+            raise WorkspaceError(
+                f"the demo dataset {folder} is missing but its preprocessed data or models are still in "
+                f"{', '.join(map(str, derived))}; the demo will not mix them with newly generated data: delete "
+                f"{remove}, or {fresh}"
+            )
+        return False
+    stamp = folder / SETTINGS_FILE
+    if not folder.is_dir() or not stamp.is_file() or not (folder / "dataset.json").is_file():
+        missing = SETTINGS_FILE if folder.is_dir() and not stamp.is_file() else "dataset.json"
+        raise WorkspaceError(
+            f"{folder} exists but was not made by this version of `autoseg demo` or is incomplete ({missing} is "
+            f"missing); delete {remove}, or {fresh}"
+        )
+    try:
+        recorded = load_json(stamp)
+    except ValueError as exc:
+        raise WorkspaceError(f"{exc}; delete {remove}, or {fresh}") from None
+    if recorded != settings.record():
+        shown = _describe(recorded) if isinstance(recorded, dict) else repr(recorded)
+        raise WorkspaceError(
+            f"{folder} holds the demo dataset made with {shown}, but this run uses {_describe(settings.record())}; "
+            f"their data and models cannot share a workspace: {fresh}, or delete {remove}"
+        )
+    return True
+
+
+# ---- stages ----------------------------------------------------------------------------------------------------
 def generate(ws: Workspace, settings: DemoSettings, reference: Path) -> Path:
-    """Write the demo dataset under ws.raw and the held-out labels to `reference` (skipped when present)."""
+    """Write the demo dataset under ws.raw and the held-out labels to `reference` (reused when already made with
+    the same settings; made in a hidden folder and moved into place, so a killed run leaves nothing half-written)."""
     from autoseg.data.synthetic import make_synthetic_dataset
+    from autoseg.serialization import save_json
 
-    folder = ws.raw / f"Dataset{DEMO_ID:03d}_{DEMO_NAME}"
-    if (folder / "dataset.json").is_file() and reference.is_dir():
+    folder = ws.raw / DEMO_DATASET
+    reuse = existing_dataset(ws, settings)
+    tmp = ws.raw / f".{DEMO_DATASET}.tmp"
+    if reuse and len(list(reference.glob("*.nii.gz"))) == settings.n_test:
+        if tmp.exists():
+            shutil.rmtree(tmp)
         return folder
-    reference.mkdir(parents=True, exist_ok=True)
-    tmp = ws.raw / f".Dataset{DEMO_ID:03d}_{DEMO_NAME}.tmp"
     if tmp.exists():
-        import shutil
-
+        logger.info(f"removing {tmp}, left by an interrupted demo")
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     made = make_synthetic_dataset(
@@ -75,12 +203,18 @@ def generate(ws: Workspace, settings: DemoSettings, reference: Path) -> Path:
         spacing=settings.spacing,
         n_labels=2,
         ct=True,
-        oblique_every=4,
-        seed=2026,
-        test_labels_dir=reference,
+        oblique_every=_OBLIQUE_EVERY,
+        seed=_SEED,
+        test_labels_dir=tmp / "reference_labels",
     )
-    made.rename(folder)
-    tmp.rmdir()
+    save_json(made / SETTINGS_FILE, settings.record())
+    if reference.exists():
+        shutil.rmtree(reference)
+    reference.parent.mkdir(parents=True, exist_ok=True)
+    (tmp / "reference_labels").rename(reference)
+    if not reuse:
+        made.rename(folder)
+    shutil.rmtree(tmp)
     return folder
 
 
@@ -91,15 +225,20 @@ def run_demo(ws: Workspace, settings: DemoSettings = DemoSettings(), device: str
     from autoseg.preprocessing.pipeline import plan_and_preprocess
     from autoseg.training.run import train_folds
 
-    name = f"Dataset{DEMO_ID:03d}_{DEMO_NAME}"
+    check_device(device)
+    check_workspace(ws)
+    existing_dataset(ws, settings)
+    name = DEMO_DATASET
     result = DemoResult(name)
-    reference = ws.root / "demo" / "reference_labels"
-    folder = _timed(result, "generate data", lambda: generate(ws, settings, reference))
+    demo_dir = ws.root / "demo"
+    reference = demo_dir / "reference_labels"
+    folder = _timed(result, "generate data", lambda: generate(ws, settings, reference), ws.root)
     cfg = settings.configuration
     report = _timed(
         result,
         "verify, fingerprint, plan, preprocess",
         lambda: plan_and_preprocess(ws, name, configurations=[cfg], jobs=2),
+        ws.root,
     )
     overrides = {
         "epochs": settings.epochs,
@@ -107,10 +246,17 @@ def run_demo(ws: Workspace, settings: DemoSettings = DemoSettings(), device: str
         "val_iterations_per_epoch": max(2, settings.iterations_per_epoch // 5),
         "val_tta": settings.tta,
     }
+    run_dir = ws.run_dir(name, "default", cfg, "default", 0)
+    resume = (run_dir / "checkpoint_latest.pt").is_file()
+    if resume:
+        logger.info(f"{run_dir}: reusing the training run of an earlier demo (continuing it if it was interrupted)")
     (fold,) = _timed(
-        result, "train fold 0", lambda: train_folds(ws, name, [cfg], folds=[0], overrides=overrides, device=device)
+        result,
+        "train fold 0",
+        lambda: train_folds(ws, name, [cfg], folds=[0], overrides=overrides, device=device, resume=resume),
+        ws.root,
     )
-    pred_dir = ws.root / "demo" / "predictions"
+    pred_dir = demo_dir / "predictions"
     _timed(
         result,
         "predict held-out cases",
@@ -124,13 +270,16 @@ def run_demo(ws: Workspace, settings: DemoSettings = DemoSettings(), device: str
             device=device,
             tta=settings.tta,
         ),
+        ws.root,
     )
     spec_labels = [1, 2]
-    df, summary = _timed(
-        result, "evaluate", lambda: evaluate_folder(reference, pred_dir, spec_labels, ".nii.gz", jobs=1)
-    )
-    _, summary_path = save_evaluation(df, summary, ws.root / "demo")
-    overlay = _timed(result, "overlay", lambda: _overlay_first(folder, reference, pred_dir, ws.root / "demo"))
+
+    def evaluate() -> tuple[dict, Path]:
+        df, summary = evaluate_folder(reference, pred_dir, spec_labels, ".nii.gz", jobs=1)
+        return summary, save_evaluation(df, summary, demo_dir)[1]
+
+    summary, summary_path = _timed(result, "evaluate", evaluate, ws.root)
+    overlay = _timed(result, "overlay", lambda: _overlay_first(folder, reference, pred_dir, demo_dir), ws.root)
     organ = {1: "organ1 (large, bright)", 2: "organ2 (small, dark)"}
     result.dice = {organ[lab]: float(summary["mean"][str(lab)]["dice"]) for lab in spec_labels}
     result.outputs = {

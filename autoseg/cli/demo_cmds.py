@@ -12,7 +12,9 @@ def add_parsers(sub, common, fmt) -> None:
         description="Generate a deterministic synthetic CT dataset (body, two organs, anisotropic spacing, some "
         "oblique cases), then verify, fingerprint, plan, preprocess, train fold 0 with a short schedule, predict "
         "the held-out cases and evaluate them. Prints the Dice per organ and where every output lies.",
-        epilog="example: autoseg demo --workspace ./autoseg_workspace",
+        epilog="examples:\n  autoseg demo --workspace ./demo_workspace\n  autoseg demo --fast --device cpu --workspace "
+        "./demo_fast\nRunning it again in the same workspace reuses the data, preprocessed cases and training run; "
+        "--fast and a full run need separate workspaces.",
     )
     p.add_argument("--fast", action="store_true", help="smaller data and schedule (a smoke test, about a minute)")
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda if available, else cpu")

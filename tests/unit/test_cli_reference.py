@@ -80,3 +80,26 @@ def test_epilog_blocks():
     assert blocks == ["Examples:", "", "```sh", "autoseg c", "autoseg d --e", "```", "", "see docs/x.md", ""]
     assert epilog_blocks("example: autoseg z")[:4] == ["Example:", "", "```sh", "autoseg z"]
     assert epilog_blocks(None) == []
+
+
+def test_every_example_is_a_command_line_the_parser_accepts(capsys):
+    """Each subcommand's --help shows at least one example that runs that subcommand with valid options."""
+    import shlex
+
+    parser = build_parser()
+    problems = []
+    for name, (sub, _) in subcommands(parser).items():
+        blocks = epilog_blocks(sub.epilog)
+        examples = blocks[blocks.index("```sh") + 1 : blocks.index("```")] if "```sh" in blocks else []
+        if not examples:
+            problems.append(f"{name}: no example command line")
+        for line in examples:
+            argv = shlex.split(line)
+            if argv[:2] != ["autoseg", name]:
+                problems.append(f"{name}: example {line!r} does not run `autoseg {name}`")
+                continue
+            try:
+                parser.parse_args(argv[1:])
+            except SystemExit:
+                problems.append(f"{name}: example {line!r} is refused: {capsys.readouterr().err.strip()}")
+    assert not problems, "\n".join(problems)
