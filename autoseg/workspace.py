@@ -7,8 +7,10 @@ Layout under the workspace root::
     results/DatasetXXX_Name/<plans>/<config>/<trainer>/fold_<k>/
 
 The root comes from ``--workspace``, else ``AUTOSEG_HOME``, else ``~/autoseg_workspace``; each of the three folders
-can be moved with ``AUTOSEG_RAW`` / ``AUTOSEG_PREPROCESSED`` / ``AUTOSEG_RESULTS``, and nnU-Net's ``nnUNet_raw`` /
-``nnUNet_preprocessed`` / ``nnUNet_results`` are honoured when ours are unset.
+can be moved with ``AUTOSEG_RAW`` / ``AUTOSEG_PREPROCESSED`` / ``AUTOSEG_RESULTS``. nnU-Net's ``nnUNet_raw`` is read
+when ``AUTOSEG_RAW`` is unset (the raw layout is the same, so nnU-Net datasets work untouched); its
+``nnUNet_preprocessed`` / ``nnUNet_results`` are deliberately not used: autoseg would write its plans, splits and
+``gt_segmentations`` into nnU-Net's own folders.
 """
 
 from __future__ import annotations
@@ -43,15 +45,15 @@ class Workspace:
             root, source = DEFAULT_ROOT, "default"
         root = root.expanduser()
 
-        def pick(ours: str, theirs: str, sub: str) -> Path:
-            value = environ.get(ours) or environ.get(theirs)
+        def pick(sub: str, *names: str) -> Path:
+            value = next((environ[n] for n in names if environ.get(n)), None)
             return Path(value).expanduser() if value else root / sub
 
         return cls(
             root=root,
-            raw=pick("AUTOSEG_RAW", "nnUNet_raw", "raw"),
-            preprocessed=pick("AUTOSEG_PREPROCESSED", "nnUNet_preprocessed", "preprocessed"),
-            results=pick("AUTOSEG_RESULTS", "nnUNet_results", "results"),
+            raw=pick("raw", "AUTOSEG_RAW", "nnUNet_raw"),
+            preprocessed=pick("preprocessed", "AUTOSEG_PREPROCESSED"),
+            results=pick("results", "AUTOSEG_RESULTS"),
             root_source=source,
         )
 

@@ -6,6 +6,17 @@ from autoseg.errors import WorkspaceError
 from autoseg.workspace import Workspace
 
 
+def test_nnunet_output_folders_are_never_used(tmp_path):
+    env = {"nnUNet_preprocessed": str(tmp_path / "nnpre"), "nnUNet_results": str(tmp_path / "nnres")}
+    ws = Workspace.from_env(str(tmp_path / "flag"), env)
+    assert ws.preprocessed == tmp_path / "flag" / "preprocessed"
+    assert ws.results == tmp_path / "flag" / "results"
+    ws = Workspace.from_env(
+        None, {**env, "AUTOSEG_PREPROCESSED": str(tmp_path / "p"), "AUTOSEG_RESULTS": str(tmp_path / "r")}
+    )
+    assert (ws.preprocessed, ws.results) == (tmp_path / "p", tmp_path / "r")
+
+
 def test_workspace_precedence(tmp_path):
     env = {"AUTOSEG_HOME": str(tmp_path / "home"), "nnUNet_raw": str(tmp_path / "nnraw")}
     ws = Workspace.from_env(None, env)
