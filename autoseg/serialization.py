@@ -3,7 +3,9 @@
 `to_json` turns a dataclass (tuples, nested dataclasses, dicts, Optionals) into JSON-safe data;
 `from_json` rebuilds it and checks every field: an unknown key, a missing key or a value of the wrong
 type raises a `ValueError` whose message names the path to the field (e.g. ``configurations[1].patch_size``).
-Every artifact is written with `atomic_write_*`: to a temporary file beside the target, then renamed.
+Every artifact is written with `atomic_write_*`: to a temporary file beside the target, then renamed. The
+temporary name is ``.<target name>.<8 random characters>.tmp[<ending>]`` (`TEMP_NAME`); a killed process can leave
+one behind, and the owner of the folder removes such leftovers with `remove_stale_temps`.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import tempfile
 import types
 from pathlib import Path
@@ -127,6 +130,42 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+# what mkstemp(prefix=".<name>.", suffix=".tmp" or ".tmp<ending>") makes: 8 characters of [a-z0-9_] in between
+TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp(\.[A-Za-z0-9]+)*$")
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether `name` is a temporary file name made by `new_temp_file` (or the same mkstemp naming)."""
+    return TEMP_NAME.match(name) is not None
+
+
+def remove_stale_temps(folder: Path) -> int:
+    """Delete the temporary files that killed writers left in `folder` (not its subfolders); return how many.
+
+    Only regular files whose name matches `TEMP_NAME` are removed (no links, folders or other files). Call it only
+    as the folder's owner (holding its lock, or as the single process writing it): another writer's temporary file
+    in flight would be deleted too. Silent: the caller logs the count (see `stale_temps_note`).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    removed = 0
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if is_temp_name(entry.name) and entry.is_file(follow_symlinks=False):
+                try:
+                    os.unlink(entry.path)
+                except FileNotFoundError:
+                    continue
+                removed += 1
+    return removed
+
+
+def stale_temps_note(folder: Path, removed: int) -> str:
+    """The log line for `removed` temporary files deleted from `folder` by `remove_stale_temps`."""
+    return f"{folder}: removed {removed} stale temporary file{'s' if removed != 1 else ''} left by an interrupted run"
 
 
 def new_temp_file(path: Path, suffix: str = ".tmp") -> tuple[int, str]:

@@ -1,7 +1,9 @@
 """A raw dataset in nnU-Net v2's layout: dataset.json, imagesTr/CASE_XXXX.ext, labelsTr/CASE.ext, imagesTs/.
 
 `parse_dataset_json` returns the spec and the list of problems (so `verify` can report them all at once);
-`load_dataset` raises on the first problem; `list_cases` pairs channel files and labels by case id.
+`load_dataset` raises on the first problem; `list_cases` pairs channel files and labels by case id;
+`num_training_problem` / `check_num_training` compare dataset.json's numTraining with the cases in imagesTr (one
+message for verify, fingerprint and preprocess).
 """
 
 from __future__ import annotations
@@ -213,3 +215,27 @@ def list_cases(
     for cid in sorted(set(labels) - set(by_case)):
         problems.append(f"{labels[cid]}: label file has no matching image ({cid}_0000{spec.file_ending})")
     return cases, problems
+
+
+def num_training_problem(spec: DatasetSpec, n_found: int | None = None) -> str | None:
+    """The problem text when dataset.json's numTraining differs from the training cases found (None when equal).
+
+    `n_found` defaults to the cases with at least one correctly named channel file in imagesTr.
+    """
+    if n_found is None:
+        n_found = len(image_case_ids(spec))
+    if n_found == spec.num_training:
+        return None
+    path, images = spec.folder / "dataset.json", spec.folder / "imagesTr"
+    return (
+        f"{path}: numTraining is {spec.num_training} but {n_found} cases were found in {images}; "
+        f"fix numTraining in dataset.json (set it to {n_found} if these are all the training cases) and run "
+        "`autoseg verify` to check the dataset"
+    )
+
+
+def check_num_training(spec: DatasetSpec, n_found: int | None = None) -> None:
+    """Raise DatasetError (see `num_training_problem`) when numTraining differs from the cases found."""
+    problem = num_training_problem(spec, n_found)
+    if problem is not None:
+        raise DatasetError(problem)

@@ -16,7 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
-from autoseg.data.dataset import Case, DatasetSpec, image_case_ids, list_cases, parse_dataset_json
+from autoseg.data.dataset import (
+    Case,
+    DatasetSpec,
+    image_case_ids,
+    list_cases,
+    num_training_problem,
+    parse_dataset_json,
+)
 from autoseg.data.geometry import Geometry
 from autoseg.data.image_io import SUPPORTED_ENDINGS, read_file
 from autoseg.errors import DatasetError, ImageIOError
@@ -317,11 +324,9 @@ def _mixed_dim_problems(results: list[CaseResult]) -> list[str]:
 def _dataset_level(spec: DatasetSpec, check_count: bool) -> tuple[list[Case], list[str], list[str], int]:
     cases, problems = list_cases(spec)
     n_found = len(image_case_ids(spec))
-    if check_count and n_found != spec.num_training:
-        problems.append(
-            f"{spec.folder / 'dataset.json'}: numTraining is {spec.num_training} but {n_found} cases were found "
-            f"in {spec.folder / 'imagesTr'}"
-        )
+    count_problem = num_training_problem(spec, n_found) if check_count else None
+    if count_problem is not None:
+        problems.append(count_problem)
     warnings = []
     if (spec.folder / "imagesTs").is_dir():
         warnings += [f"{p} (imagesTs)" for p in list_cases(spec, "imagesTs", None)[1]]

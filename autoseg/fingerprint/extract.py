@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from autoseg.data.dataset import Case, DatasetSpec, list_cases
+from autoseg.data.dataset import Case, DatasetSpec, check_num_training, list_cases
 from autoseg.data.geometry import PSEUDO_SPACING_2D
 from autoseg.data.image_io import read_image, read_label
 from autoseg.data.verify import loaded_case_problems
@@ -110,11 +110,7 @@ def _cases(spec: DatasetSpec) -> list[Case]:
         raise DatasetError(f"{spec.folder}: dataset has problems, run `autoseg verify` for all of them:\n{shown}")
     if not cases:
         raise DatasetError(f"{spec.folder / 'imagesTr'}: no training cases found")
-    if len(cases) != spec.num_training:  # every case found is usable: a warning (verify reports it as a problem)
-        logger.warning(
-            f"{spec.folder / 'dataset.json'}: numTraining is {spec.num_training} but {len(cases)} cases were found "
-            f"in {spec.folder / 'imagesTr'}; fingerprinting the {len(cases)} found"
-        )
+    check_num_training(spec, len(cases))  # same message as `autoseg verify`
     return cases
 
 

@@ -1,15 +1,22 @@
-"""Output folders of preprocessing: lock, settings record, cleanup of killed runs, memory-bounded worker count."""
+"""Output folders of preprocessing: locks, settings record, cleanup of killed runs, memory-bounded worker count.
+
+A configuration folder belongs to one run at a time (`FolderLock`, exclusive). gt_segmentations/ is written by the
+runs of every configuration, possibly at once (`SharedFolderLock`): its stale temporary files are removed only by a
+run that finds no other run holding it.
+"""
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 from pathlib import Path
 
 from autoseg.errors import WorkspaceError
 from autoseg.log import logger
 from autoseg.planning.plans import Configuration, Plans
 from autoseg.preprocessing.normalize import resolve_scheme
-from autoseg.serialization import load_json, save_json, to_json
+from autoseg.serialization import load_json, remove_stale_temps, save_json, stale_temps_note, to_json
 
 FORMAT_VERSION = 1  # bump when the stored arrays change meaning
 
@@ -36,9 +43,6 @@ class FolderLock:
         self._fh = None
 
     def __enter__(self) -> FolderLock:
-        import fcntl
-        import os
-
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fh = open(self.path, "a+")  # noqa: SIM115 - held open for the lock's lifetime
         try:
@@ -64,10 +68,78 @@ class FolderLock:
             self._fh = None
 
 
+class SharedFolderLock:
+    """Shared flock on ``<parent>/.<folder name>.lock`` (beside the folder, whose listing stays unchanged) for a
+    folder that several runs write at once. On entering, a run that finds no other holder takes it exclusively for a
+    moment and removes the folder's stale temporary files; otherwise it waits for any such cleanup and skips its own
+    (the other runs' temporary files may be in flight)."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.path = folder.parent / f".{folder.name}.lock"
+        self._fh = None
+
+    def _lock(self, mode: int) -> bool:
+        """Open and flock the lock file with `mode`; False if non-blocking and held elsewhere."""
+        while True:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            fh = open(self.path, "a+")  # noqa: SIM115 - held open for the lock's lifetime
+            try:
+                fcntl.flock(fh.fileno(), mode)
+            except BlockingIOError:
+                fh.close()
+                return False
+            try:
+                same = os.fstat(fh.fileno()).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                self._fh = fh
+                return True
+            fh.close()  # removed by a run that rolled back while we waited: lock the new file
+
+    def _clean(self) -> None:
+        removed = remove_stale_temps(self.folder)
+        if removed:
+            logger.info(stale_temps_note(self.folder, removed))
+
+    def __enter__(self) -> SharedFolderLock:
+        if self._lock(fcntl.LOCK_EX | fcntl.LOCK_NB):
+            self._clean()
+            fcntl.flock(self._fh.fileno(), fcntl.LOCK_SH)
+        else:
+            self._lock(fcntl.LOCK_SH)
+        return self
+
+    def release(self, remove_if_empty: bool = False) -> None:
+        """Release the lock; before that, if no other run holds it, remove stale temporary files and (with
+        `remove_if_empty`) the folder and the lock file when the folder holds nothing else."""
+        if self._fh is None:
+            return
+        try:
+            fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            alone = True
+        except BlockingIOError:
+            alone = False
+        if alone:
+            self._clean()
+            if remove_if_empty and self.folder.is_dir() and not any(self.folder.iterdir()):
+                self.folder.rmdir()
+                self.path.unlink(missing_ok=True)
+        self.__exit__()
+
+    def __exit__(self, *exc) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+
 def clean_folder(folder: Path, remove_cases: bool) -> None:
-    """Remove temporary files of killed runs (``.*.tmp``) and, if `remove_cases`, every stored case."""
-    for p in folder.glob(".*.tmp"):
-        p.unlink(missing_ok=True)
+    """Remove temporary files of killed runs (`remove_stale_temps`, logged) and, if `remove_cases`, every stored
+    case. Call it holding the folder's `FolderLock`."""
+    removed = remove_stale_temps(folder)
+    if removed:
+        logger.info(stale_temps_note(folder, removed))
     if remove_cases:
         for pattern in ("*.json", "*.npy"):
             for p in folder.glob(pattern):

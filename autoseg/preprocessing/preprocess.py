@@ -6,9 +6,11 @@
 - one joblib/loky task per case: the case is read, cropped and normalised once and then resampled for every
   requested configuration (configurations sharing a ``data_identifier`` are written once);
 - resumable: a case whose ``.json`` exists is skipped (storage writes it last), unless ``overwrite``; a folder made
-  with different settings (``.settings.json``) is cleared first; leftovers of killed runs (``.*.tmp``) are removed;
+  with different settings (``.settings.json``) is cleared first; leftovers of killed runs (hidden temporary files,
+  `autoseg.serialization.remove_stale_temps`) are removed under the folder's lock;
 - a lock file (``.lock``, flock) per configuration folder stops a second process from writing the same folder;
-- ground-truth label files are copied (atomically) to ``ws.gt_folder(dataset)`` for later evaluation;
+- ground-truth label files are copied (atomically) to ``ws.gt_folder(dataset)`` for later evaluation; runs of
+  several configurations share that folder (`SharedFolderLock`);
 - workers are limited by the available memory (one case per worker at a time).
 """
 
@@ -23,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from autoseg.data.dataset import list_cases, load_dataset
+from autoseg.data.dataset import check_num_training, list_cases, load_dataset
 from autoseg.data.geometry import PSEUDO_SPACING_2D, Geometry
 from autoseg.data.image_io import read_image, read_label
 from autoseg.data.verify import loaded_case_problems
@@ -32,7 +34,14 @@ from autoseg.fingerprint.fingerprint import DatasetFingerprint
 from autoseg.log import logger, progress
 from autoseg.planning.plans import Configuration, Plans
 from autoseg.preprocessing.crop import crop_to_nonzero
-from autoseg.preprocessing.folders import FolderLock, choose_jobs, clean_folder, folder_settings, prepare_folder
+from autoseg.preprocessing.folders import (
+    FolderLock,
+    SharedFolderLock,
+    choose_jobs,
+    clean_folder,
+    folder_settings,
+    prepare_folder,
+)
 from autoseg.preprocessing.normalize import normalize, resolve_scheme
 from autoseg.preprocessing.resample import compute_new_shape, resample_data, resample_labels, separate_z_axis
 from autoseg.preprocessing.storage import CaseProperties, PreprocessedCase, atomic_write, is_complete, save_case
@@ -274,6 +283,7 @@ def preprocess_dataset(
     cases, problems = list_cases(spec)
     if problems:
         raise DatasetError(f"{spec.folder}: {len(problems)} problem(s), run `autoseg verify`; first: {problems[0]}")
+    check_num_training(spec, len(cases))  # before any lock or folder is made: nothing is written
     targets, skipped = _targets(ws, dataset_name, plans, configurations)
     intensity, fingerprint = _intensity(ws, dataset_name, plans, targets)
     gt = ws.gt_folder(dataset_name)
@@ -282,16 +292,21 @@ def preprocess_dataset(
         for t in targets:
             stack.enter_context(FolderLock(t.folder))
         made: dict[str, list] = {"cases": [], "gt": []}  # what this run creates (removed again if it fails)
+        gt_lock = None
         try:
+            gt_lock = stack.enter_context(SharedFolderLock(gt))  # removes stale temporary files if no other run
             return _run(spec, cases, plans, targets, skipped, gt, (intensity, fingerprint), jobs, overwrite, made)
         except Exception:
-            rollback(existed, targets, made)
+            rollback(existed, targets, made, gt_lock)
             raise
 
 
-def rollback(existed: dict[Path, bool], targets: list[Target], made: dict[str, list]) -> None:
+def rollback(
+    existed: dict[Path, bool], targets: list[Target], made: dict[str, list], gt_lock: SharedFolderLock | None = None
+) -> None:
     """After a failed run (called holding the folder locks): remove the cases this run was making and the folders
-    it created, so that only complete earlier work stays. joblib stops the workers before the error gets here."""
+    it created, so that only complete earlier work stays. joblib stops the workers before the error gets here.
+    The ground-truth folder is cleaned (and removed if this run made it) only when no other run shares it."""
     for cid in made["cases"]:
         for t in targets:
             for suffix in (".json", ".npy", "_seg.npy", "_locs.npy"):
@@ -299,7 +314,9 @@ def rollback(existed: dict[Path, bool], targets: list[Target], made: dict[str, l
     for path in made["gt"]:
         path.unlink(missing_ok=True)
     for folder, was_there in existed.items():
-        if folder.is_dir():
+        if gt_lock is not None and folder == gt_lock.folder:
+            gt_lock.release(remove_if_empty=not was_there)
+        elif folder.is_dir() and folder in {t.folder for t in targets}:
             clean_folder(folder, remove_cases=False)
             if not was_there:
                 for name in (".lock", ".settings.json"):
@@ -315,8 +332,6 @@ def _run(spec, cases, plans, targets, skipped, gt: Path, stats, jobs: int, overw
     from joblib import Parallel, delayed
 
     (intensity, fingerprint), dataset_name = stats, spec.folder.name
-    gt.mkdir(parents=True, exist_ok=True)
-    clean_folder(gt, remove_cases=False)
     for t in targets:
         prepare_folder(t.folder, folder_settings(plans, t.configuration, intensity), overwrite)
     tasks = []

@@ -26,7 +26,7 @@ import torch
 
 from autoseg.log import logger
 from autoseg.registry import Registry
-from autoseg.serialization import load_json
+from autoseg.serialization import load_json, remove_stale_temps, stale_temps_note
 from autoseg.training import distributed as D
 from autoseg.training import progress as P
 from autoseg.training.checkpoint import capture_rng, restore_rng, save_checkpoint
@@ -238,6 +238,19 @@ def _close(loaders) -> None:
             close()
 
 
+def remove_run_temps(run_dir: Path) -> int:
+    """Remove the temporary files a killed run left in `run_dir` and its validation/ folder; log and return how many.
+
+    Called by the owner of the run folder when a run is resumed (`autoseg train --resume`)."""
+    removed = 0
+    for folder in (run_dir, run_dir / "validation"):
+        n = remove_stale_temps(folder)
+        if n:
+            logger.info(stale_temps_note(folder, n))
+        removed += n
+    return removed
+
+
 def train_fold(
     ws,
     dataset: str,
@@ -257,6 +270,8 @@ def train_fold(
     dev, info = setup_runtime(device, deterministic)
     fc = fold_context(ws, dataset, plans, configuration_name, fold, trainer, group_by, write=info.is_main)
     ckpt, train_config = find_resume_state(fc.run_dir, train_config, resume)
+    if resume and info.is_main:  # the main rank owns the run folder (the other ranks never write it)
+        remove_run_temps(fc.run_dir)
     if num_workers is None and info.enabled:
         from autoseg.training.loader import default_num_workers
 

@@ -123,6 +123,10 @@ def test_dataset_problems_and_empty_foreground_are_reported(known):
     with pytest.raises(DatasetError, match=r"b\.nii\.gz: label file is missing"):
         extract_fingerprint(load_dataset(known), jobs=1)
     (known / "imagesTr" / "b_0000.nii.gz").unlink()
+    with pytest.raises(DatasetError, match=r"numTraining is 2 but 1 cases were found in .*imagesTr; fix numTraining"):
+        extract_fingerprint(load_dataset(known), jobs=1)
+    meta = json.loads((known / "dataset.json").read_text())
+    (known / "dataset.json").write_text(json.dumps({**meta, "numTraining": 1}))
     lab = known / "labelsTr" / "a.nii.gz"
     write_label(
         lab, np.zeros((6, 10, 12), np.uint8), Geometry((2.0, 0.5, 0.25), (0.0,) * 3, (1.0, 0, 0, 0, 1, 0, 0, 0, 1))

@@ -52,7 +52,7 @@ def test_rerun_skips_done_cases_overwrite_recomputes_and_settings_change_invalid
     folder = ws.preprocessed_config(NAME, "3d_fullres")
     before = _files(folder)
     (folder / "case_002.json").unlink()  # as if killed before the last file of this case
-    (folder / ".case_003.npy.abc.tmp").write_bytes(b"partial")
+    (folder / ".case_003.npy.abc12_xy.tmp").write_bytes(b"partial")  # a killed write (mkstemp: 8 random chars)
     rep = preprocess_dataset(ws, NAME, plans, ["3d_fullres"], jobs=2)
     assert rep.processed == 1 and rep.skipped == 3
     assert _files(folder) == before  # identical bytes, leftovers removed

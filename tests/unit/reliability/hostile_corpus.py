@@ -141,6 +141,13 @@ def truncated_plain_nii(folder: Path) -> None:
     truncate(folder / IMG / "case_001_0000.nii", drop=100)
 
 
+def add_case(folder: Path, new: str) -> None:
+    """A complete extra case (a copy of case_000) added without raising dataset.json's numTraining."""
+    for p in sorted((folder / IMG).glob("case_000_*.nii.gz")):
+        shutil.copy(p, p.with_name(new + p.name[len("case_000") :]))
+    shutil.copy(folder / LAB / "case_000.nii.gz", folder / LAB / f"{new}.nii.gz")
+
+
 # (id, base, damage, offending path, defect regex)
 CASES = [
     ("json_missing", "nii", lambda f: (f / "dataset.json").unlink(), "dataset.json", r"dataset\.json is missing"),
@@ -151,6 +158,8 @@ CASES = [
     ("labels_not_int", "nii", lambda f: edit_json(f, labels={"background": "0", "a": 1}), "dataset.json", "integer"),
     ("lossy_ending", "nii", lambda f: edit_json(f, file_ending=".jpg"), "dataset.json", r"lossy"),
     ("count_mismatch", "nii", lambda f: edit_json(f, numTraining=5), "dataset.json", r"numTraining is 5 but 3"),
+    ("count_too_low", "nii", lambda f: edit_json(f, numTraining=2), "dataset.json", r"numTraining is 2 but 3"),
+    ("count_case_added", "nii", lambda f: add_case(f, "case_009"), "dataset.json", r"numTraining is 3 but 4"),
     ("images_missing", "nii", lambda f: shutil.rmtree(f / IMG), IMG, r"folder is missing"),
     (
         "channel_missing",
