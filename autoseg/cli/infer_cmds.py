@@ -14,6 +14,11 @@ Without -c: the configuration chosen by `autoseg select`, else 3d_fullres, else 
 dataset in the results folder. -m MODEL_DIR predicts with an installed bundle (`autoseg install`).
 --fast: one fold, no mirroring, step 0.75 (several times faster, slightly less accurate).
 --part K/N predicts every N-th case starting with the K-th, for N workers; --continue skips finished outputs.
+-j N export processes resample, postprocess and write a case while the network works on the next one (fewer when
+the largest case would not fit memory; -j 1 does everything in one process, with the same outputs).
+--statistics also writes OUT/statistics.csv: one row per case and foreground label (names from the model's
+dataset.json) with the voxel count, the volume in ml (area in mm^2 for 2D images) and the mean intensity of every
+input channel inside the label; with --continue the skipped cases are read back, so the table covers every case.
 """
 
 EVALUATE_DESCRIPTION = """\
@@ -101,7 +106,10 @@ def _add_predict(sub, common, fmt) -> None:
         formatter_class=fmt,
         help="segment new images with a trained model",
         description=PREDICT_DESCRIPTION,
-        epilog="example: autoseg predict -i imagesTs -o predictions -d 4 --ensemble",
+        epilog=(
+            "examples:\n  autoseg predict -i imagesTs -o predictions -d 4 --ensemble\n"
+            "  autoseg predict -i imagesTs -o predictions -d 4 --statistics -j 4"
+        ),
     )
     p.add_argument("-i", "--input", required=True, help="input folder (imagesTs layout) or one image file")
     p.add_argument("-o", "--output", required=True, help="output folder (or file name for a single input file)")
@@ -117,6 +125,16 @@ def _add_predict(sub, common, fmt) -> None:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--part", default="1/1", metavar="K/N", help="predict the K-th of N shares of the cases")
     p.add_argument("--continue", dest="resume", action="store_true", help="skip cases whose output exists")
+    p.add_argument(
+        "-j",
+        "--workers",
+        type=int,
+        default=None,
+        help="export processes (default: 2 with a GPU or more than 4 CPU cores, else 1; fewer if memory is short)",
+    )
+    p.add_argument(
+        "--statistics", action="store_true", help="also write OUT/statistics.csv (volume, mean intensity per label)"
+    )
     p.add_argument("-m", "--model", default=None, metavar="MODEL_DIR", help="installed bundle folder")
     p.add_argument("--plans", default="default", help="plans name")
     p.add_argument("--trainer", default="default", help="trainer name")
@@ -131,6 +149,7 @@ def run_predict(args, ws) -> int:
     opts = dict(dataset=args.dataset, configuration=args.configuration, folds=folds, ensemble=args.ensemble)
     opts.update(fast=args.fast, tta=not args.disable_tta, step=args.step, save_probabilities=args.save_probabilities)
     opts.update(device=args.device, part=args.part, resume=args.resume, model_dir=args.model, plans_name=args.plans)
+    opts.update(workers=args.workers, statistics=args.statistics)
     written = predict(ws, args.input, args.output, trainer=args.trainer, postprocess=not args.no_postprocessing, **opts)
     print(f"{len(written)} segmentation(s) written to {args.output}")
     return 0

@@ -3,7 +3,8 @@
 One row per (case, foreground label), also for labels absent from the case (size 0, mean intensity empty), so that
 tables of several cases line up. 3D images give ``volume_ml`` (voxels x voxel volume in mm^3 / 1000); 2D images
 (geometry.dim == 2, whose first spacing is the 999 placeholder) give ``area_mm2`` instead and leave ``volume_ml``
-empty. Used by ``autoseg predict --statistics`` (rows of every predicted case written with `write_statistics_csv`).
+empty. Used by ``autoseg predict --statistics`` (rows of every predicted case written with `write_statistics_csv`;
+cases predicted by an earlier run are read back with `statistics_from_files`).
 """
 
 from __future__ import annotations
@@ -85,3 +86,28 @@ def write_statistics_csv(rows: Iterable[Mapping], path: str | Path) -> Path:
     extra = [k for k in dict.fromkeys(k for r in rows for k in r) if k not in COLUMNS]
     frame = pd.DataFrame(rows, columns=[*COLUMNS, *extra])
     return atomic_write_text(path, frame.to_csv(index=False, float_format="%.6g"))
+
+
+def statistics_from_files(
+    label_file: str | Path,
+    image_files: Sequence[str | Path],
+    label_names: Mapping,
+    case_id: str = "",
+    channel_names: Sequence[str] | None = None,
+) -> list[dict]:
+    """`case_statistics` of a written segmentation and its input channel files (a case predicted earlier).
+
+    The geometry (voxel size) is the image's, as for a case just predicted; a segmentation whose grid differs from
+    the image's raises DatasetError naming both files.
+    """
+    from autoseg.data.image_io import read_file, read_image
+    from autoseg.errors import DatasetError
+
+    labels, _ = read_file(label_file)
+    image, geometry = read_image(image_files, check_integrity=False)
+    if labels.shape[1:] != image.shape[1:]:
+        raise DatasetError(
+            f"{label_file}: segmentation shape {labels.shape[1:]} differs from the image {image_files[0]} "
+            f"{image.shape[1:]}; remove it and predict the case again"
+        )
+    return case_statistics(labels[0], image, geometry, label_names, case_id, channel_names)

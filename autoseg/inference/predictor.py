@@ -9,7 +9,7 @@ probabilities in the raw image grid. Outputs keep the input's size, spacing, ori
 
 from __future__ import annotations
 
-import re
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,8 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from autoseg.errors import ConfigError, DatasetError, ImageIOError
+from autoseg.errors import ConfigError, ImageIOError
+from autoseg.inference.inputs import InputCase, list_inputs, parse_part  # noqa: F401 - part of this module's API
 from autoseg.log import logger, progress
+from autoseg.training.checkpoint import load_weights
 
 
 @dataclass(frozen=True)
@@ -54,19 +56,8 @@ class ModelSource:
 
 
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Model weights from a training checkpoint (its 'model' entry) or a bundle's weights file; never unpickles code."""
-    from autoseg.training.checkpoint import load_checkpoint
-
-    path = Path(path)
-    if path.name.startswith("checkpoint_"):
-        return load_checkpoint(path)["model"]
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any failure means the file is unusable; say which and why
-        raise ConfigError(f"{path}: cannot be loaded as weights ({type(exc).__name__}: {str(exc)[:200]})") from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ConfigError(f"{path}: not a state dict of tensors")
-    return state
+    """Model weights from a training checkpoint or a bundle's weights file (`checkpoint.load_weights`)."""
+    return load_weights(path)
 
 
 class Predictor:
@@ -125,13 +116,17 @@ class Predictor:
             total = out if total is None else total.add_(out)
         return total / len(self.models)
 
+    def network_output(self, image: np.ndarray, geometry):
+        """The network part of a prediction: (softmax probabilities (K, *preprocessed shape) float32, the case's
+        CaseProperties, the configuration), ready for `export.restore_probabilities` (which an export worker runs)."""
+        case = _preprocess(image, geometry, self.source, self.configuration)
+        return torch.softmax(self.logits(case.data), 0).numpy(), case.properties, self.configuration
+
     def probabilities(self, image: np.ndarray, geometry) -> np.ndarray:
         """Softmax probabilities (K, Z, Y, X) float32 in the raw grid of `image` (C, Z, Y, X)."""
         from autoseg.inference.export import restore_probabilities
 
-        case = _preprocess(image, geometry, self.source, self.configuration)
-        probs = torch.softmax(self.logits(case.data), 0).numpy()
-        return restore_probabilities(probs, case.properties, self.configuration).astype(np.float32, copy=False)
+        return restore_probabilities(*self.network_output(image, geometry)).astype(np.float32, copy=False)
 
 
 def _default_device() -> torch.device:
@@ -145,83 +140,6 @@ def _preprocess(image: np.ndarray, geometry, source: ModelSource, configuration)
     return preprocess_case(image, None, geometry, source.plans, configuration, source.fingerprint)
 
 
-# ---- input listing ---------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class InputCase:
-    case_id: str
-    files: tuple[Path, ...]
-    ending: str
-
-
-def _split_name(path: Path) -> tuple[str, int | None, str] | None:
-    """'a_0001.nii.gz' -> ('a', 1, '.nii.gz'); 'a.nii.gz' -> ('a', None, '.nii.gz'); None if not an image name."""
-    from autoseg.data.image_io import SUPPORTED_ENDINGS, file_ending
-
-    ending = file_ending(path)
-    if ending not in SUPPORTED_ENDINGS or path.name.startswith(".") or not path.is_file():
-        return None
-    stem = path.name[: -len(ending)]
-    m = re.match(r"^(.+)_(\d{4})$", stem)
-    return (m.group(1), int(m.group(2)), ending) if m else (stem, None, ending)
-
-
-def list_inputs(inp: str | Path, source: ModelSource) -> list[InputCase]:
-    """Cases of a folder in imagesTs layout (CASE_0000.ext, CASE_0001.ext, ...) or of a single file."""
-    inp, n = Path(inp), source.files_per_case
-    need = f"the model needs {n} channel file(s) per case: " + ", ".join(
-        f"_{i:04d} ({c})" for i, c in enumerate(source.channel_names[:n])
-    )
-    if inp.is_file():
-        parts = _split_name(inp)
-        if parts is None:
-            raise ImageIOError(f"{inp}: not an image file of a supported format")
-        if n != 1:
-            raise DatasetError(f"{inp}: a single file can only be predicted by a one-channel model; {need}")
-        return [InputCase(parts[0], (inp,), parts[2])]
-    if not inp.is_dir():
-        raise DatasetError(f"{inp}: input folder or file not found")
-    found: dict[str, dict[int, Path]] = {}
-    endings: dict[str, str] = {}
-    problems = []
-    for p in sorted(inp.iterdir()):
-        if p.is_symlink() and not p.exists():
-            problems.append(f"{p}: is a broken symbolic link or a link loop (it points to no file)")
-            continue
-        parts = _split_name(p)
-        if parts is None:
-            continue
-        cid, ch, ending = parts
-        if ch is None and n == 1:
-            ch = 0
-        elif ch is None:
-            problems.append(f"{p}: name does not end in _XXXX (channel index); {need}")
-            continue
-        if endings.setdefault(cid, ending) != ending:
-            problems.append(f"{p}: case {cid!r} mixes file endings {endings[cid]!r} and {ending!r}")
-        found.setdefault(cid, {})[ch] = p
-    cases = []
-    for cid, chans in sorted(found.items()):
-        for i in range(n):
-            if i not in chans:
-                problems.append(f"case {cid!r}: channel file {inp / f'{cid}_{i:04d}{endings[cid]}'} is missing; {need}")
-        problems += [f"{chans[i]}: channel {i} is more than the model takes; {need}" for i in chans if i >= n]
-        cases.append(InputCase(cid, tuple(chans[i] for i in sorted(chans) if i < n), endings[cid]))
-    if problems:
-        more = f"\n... and {len(problems) - 10} more" if len(problems) > 10 else ""
-        raise DatasetError("\n".join(problems[:10]) + more)
-    if not cases:
-        raise DatasetError(f"{inp}: no image files found (expected CASE_0000{source.file_ending}, ...)")
-    return cases
-
-
-def parse_part(part: str) -> tuple[int, int]:
-    """'2/4' -> (2, 4): the second of four interleaved shares of the sorted case list."""
-    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(part))
-    if not m or not 1 <= int(m.group(1)) <= int(m.group(2)):
-        raise ConfigError(f"--part {part!r}: expected K/N with 1 <= K <= N, e.g. --part 1/2")
-    return int(m.group(1)), int(m.group(2))
-
-
 # ---- the folder loop -------------------------------------------------------------------------------------------
 def predict_folder(
     predictors: Sequence[Predictor],
@@ -231,50 +149,98 @@ def predict_folder(
     save_probabilities: bool = False,
     part: tuple[int, int] = (1, 1),
     resume: bool = False,
+    workers: int = 1,
+    statistics: bool = False,
 ) -> list[Path]:
     """Predict every input case (its share under `part`) with the ensemble of `predictors`; returns written files.
 
-    `out` is a folder, or with a single input file also a file name with a supported ending.
+    `out` is a folder, or with a single input file also a file name with a supported ending. `workers` export
+    processes resample, postprocess and write a case while the network works on the next one (1: everything in this
+    process, one case after the other; the outputs are the same). `statistics`: also write statistics.csv beside the
+    outputs (`write_folder_statistics`). `resume` (--continue) skips finished cases and first removes the temporary
+    files a killed run left in the output folder (without --part: other parts may be writing there).
     """
-    from autoseg.data.image_io import SUPPORTED_ENDINGS, check_inputs, read_image, write_label
-    from autoseg.evaluation.postprocess import apply_postprocessing
-    from autoseg.inference.ensemble import average_probabilities, probabilities_to_labels
-    from autoseg.inference.ensemble import save_probabilities as save_npz
+    from autoseg.data.image_io import SUPPORTED_ENDINGS, check_inputs, read_image
+    from autoseg.inference.exporter import Exporter, ExportJob, export_workers
 
     source = predictors[0].source
-    cases = list_inputs(inp, source)
+    every = list_inputs(inp, source)
     k, n = part
-    cases = cases[k - 1 :: n]
+    cases = every[k - 1 :: n]
     out = Path(out)
     single_file = Path(inp).is_file() and out.name.lower().endswith(SUPPORTED_ENDINGS)
+
+    def target_of(case: InputCase) -> Path:
+        return out if single_file else out / f"{case.case_id}{case.ending}"
+
     for case in cases:  # every input is checked before the first output is written (no partial output folder)
         check_inputs(case.files)
-    written = []
-    times = []
-    for case in progress(cases, desc="predict", unit="case"):
-        target = out if single_file else out / f"{case.case_id}{case.ending}"
-        npz = target.parent / f"{case.case_id}.npz"
-        if resume and target.is_file() and (npz.is_file() or not save_probabilities):
+    if resume and not single_file and n == 1:
+        from autoseg.serialization import remove_stale_temps, stale_temps_note
+
+        if removed := remove_stale_temps(out):
+            logger.info(stale_temps_note(out, removed))
+    todo = []
+    for case in cases:
+        target = target_of(case)
+        npz_done = (target.parent / f"{case.case_id}.npz").is_file() or not save_probabilities
+        if resume and target.is_file() and npz_done:
             logger.debug(f"{target}: exists, skipped (--continue)")
-            continue
-        start = time.perf_counter()
-        image, geometry = read_image(case.files, check_integrity=False)  # checked above
-        if image.shape[0] != predictors[0].in_channels:
-            raise ImageIOError(
-                f"case {case.case_id!r}: the image has {image.shape[0]} channel(s) "
-                f"({', '.join(str(f) for f in case.files)}), the model expects {predictors[0].in_channels}"
+        else:
+            todo.append(case)
+    workers = export_workers(workers, todo, predictors)
+    start = time.perf_counter()
+    with Exporter(workers) as exporter:
+        for case in progress(todo, desc="predict", unit="case"):
+            image, geometry = read_image(case.files, check_integrity=False)  # checked above
+            if image.shape[0] != predictors[0].in_channels:
+                raise ImageIOError(
+                    f"case {case.case_id!r}: the image has {image.shape[0]} channel(s) "
+                    f"({', '.join(str(f) for f in case.files)}), the model expects {predictors[0].in_channels}"
+                )
+            target = target_of(case)
+            npz = target.parent / f"{case.case_id}.npz" if save_probabilities else None
+            members = [p.network_output(image, geometry) for p in predictors]
+            stats_image = image if statistics else None
+            del image
+            exporter.submit(
+                ExportJob(case.case_id, members, geometry, target, npz, tuple(map(tuple, postprocessing)), stats_image,
+                          dict(source.labels), tuple(source.channel_names))
+            )  # fmt: skip
+            del members, stats_image
+        results = exporter.finish()
+    if results:
+        took = time.perf_counter() - start
+        logger.info(
+            f"predicted {len(results)} case(s) in {took:.1f} s ({took / len(results):.2f} s/case, {workers} export "
+            f"worker{'s' if workers != 1 else ''}) -> {out}"
+        )
+    if statistics:
+        rows = {r.case_id: r.rows for r in results}
+        write_folder_statistics(every, target_of, rows, source, (out.parent if single_file else out) / "statistics.csv")
+    return [r.path for r in results]
+
+
+def write_folder_statistics(cases, target_of, known: dict, source: ModelSource, path: Path) -> Path:
+    """statistics.csv of every case in `cases` whose segmentation exists: rows from `known` (case id -> rows, the
+    cases just predicted), the others computed from their segmentation file and input image (--continue, other
+    --part shares). One row per case and foreground label, cases in input order; written atomically."""
+    from autoseg.evaluation.statistics import statistics_from_files, write_statistics_csv
+
+    rows, n = [], 0
+    for case in progress(cases, desc="statistics", unit="case"):
+        if case.case_id in known:
+            rows += known[case.case_id]
+        elif target_of(case).is_file():
+            rows += statistics_from_files(
+                target_of(case), case.files, source.labels, case.case_id, source.channel_names
             )
-        probs = [p.probabilities(image, geometry) for p in predictors]
-        probs = probs[0] if len(probs) == 1 else average_probabilities(probs)
-        labels = apply_postprocessing(probabilities_to_labels(probs), postprocessing)
-        if save_probabilities:
-            save_npz(npz, probs)
-        written.append(write_label(target, labels, geometry))
-        times.append(time.perf_counter() - start)
-        logger.debug(f"{case.case_id}: {times[-1]:.2f} s")
-    if times:
-        logger.info(f"predicted {len(times)} case(s) in {sum(times):.1f} s ({np.mean(times):.2f} s/case) -> {out}")
-    return written
+        else:
+            continue
+        n += 1
+    write_statistics_csv(rows, path)
+    logger.info(f"statistics of {n} case(s) -> {path}")
+    return path
 
 
 # ---- what to predict with --------------------------------------------------------------------------------------
@@ -334,14 +300,20 @@ def run_predict(
     plans_name: str = "default",
     trainer: str = "default",
     postprocess: bool = True,
+    workers: int | None = None,
+    statistics: bool = False,
 ) -> list[Path]:
     """`autoseg predict`: resolve the model (run folders or bundle), the configurations and folds, then predict.
 
     `fast`: the first trained fold only, no mirroring, step 0.75 (unless `folds` / `step` are given).
+    `workers`: export processes (fewer when the largest case would not fit memory; None: `default_export_workers`);
+    `statistics`: statistics.csv.
     """
     from autoseg.bundle import resolve_source
 
     share = parse_part(part)
+    if workers is not None and workers < 1:
+        raise ConfigError(f"-j/--workers {workers}: must be at least 1 (1 = export in the main process)")
     if step is not None and not 0 < step <= 1:
         raise ConfigError(f"--step {step}: must be in (0, 1]; 0.5 is the default, larger is faster")
     source = resolve_source(ws, dataset, model_dir, plans_name, trainer)
@@ -350,6 +322,7 @@ def run_predict(
         tta = False
         step = 0.75 if step is None else step
     dev = _resolve_device(device)
+    workers = default_export_workers(dev) if workers is None else workers
     predictors = []
     for c in configs:
         use = folds if folds is not None or not fast else [next(iter(source.weights[c]))]
@@ -359,7 +332,14 @@ def run_predict(
         f"TTA {'on' if tta else 'off'}, step {predictors[0].step}, device {dev}, postprocessing "
         + ("; ".join("+".join(map(str, s)) for s in steps) if steps and postprocess else "none")
     )
-    return predict_folder(predictors, inp, out, steps if postprocess else (), save_probabilities, share, resume)
+    steps = steps if postprocess else ()
+    return predict_folder(predictors, inp, out, steps, save_probabilities, share, resume, workers, statistics)
+
+
+def default_export_workers(device: torch.device) -> int:
+    """2 export processes beside a GPU or on a CPU with more than 4 cores; 1 (in-process) on small CPUs, where the
+    network already uses every core and starting a pool costs more than the overlap gains."""
+    return 2 if device.type == "cuda" or (os.cpu_count() or 1) > 4 else 1
 
 
 def _resolve_device(name: str | None) -> torch.device:

@@ -90,3 +90,23 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not isinstance(data, dict) or "model" not in data:
         raise ConfigError(f"{path}: not an autoseg checkpoint (no 'model' entry)")
     return data
+
+
+def load_weights(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """Model weights from a training checkpoint (its 'model' entry) or a plain weights file (a bundle's weights.pt).
+
+    Loaded with ``weights_only=True`` like every checkpoint: no code is ever unpickled; any failure raises
+    ConfigError naming the file ("cannot be loaded as weights").
+    """
+    path = Path(path)
+    if path.name.startswith("checkpoint_"):
+        return load_checkpoint(path, map_location)["model"]
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure means the file is unusable; say which and why
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc)) if isinstance(exc, pickle.UnpicklingError) else None
+        why = f"it contains a pickled Python object ({found.group(1)})" if found else type(exc).__name__
+        raise ConfigError(f"{path}: cannot be loaded as weights ({why}: {str(exc)[:200]})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ConfigError(f"{path}: not a state dict of tensors")
+    return state

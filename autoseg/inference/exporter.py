@@ -1,0 +1,206 @@
+"""Export of predicted cases, overlapped with the network work of the next case (as nnU-Net's export processes).
+
+The network part of a prediction (preprocess, sliding window, softmax) runs in the main process; what follows it is
+an `ExportJob`: per configuration the softmax probabilities in the preprocessed grid, the case properties and the
+configuration, plus where the result goes. `export_case` resamples every member back to the raw image grid, averages
+them (ensemble), takes the argmax, postprocesses, writes the ``.npz`` (optional) and the label file (both atomic) and
+computes the case's statistics rows (optional).
+
+`Exporter` runs the jobs in the calling process (one worker: the simple sequential path) or in a small pool of
+worker processes while the main process goes on with the next case. At most workers + 1 jobs are in flight, so host
+memory stays bounded; `export_workers` sizes the pool from the largest input case (`autoseg.resources`). A job that
+fails stops the run with the same AutosegError naming the case on both paths; jobs already running are finished
+(their outputs are complete files), queued ones are cancelled.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Sequence
+from concurrent.futures import FIRST_COMPLETED, BrokenExecutor, Future, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from autoseg.errors import AutosegError, ImageIOError
+
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")  # per worker: cores / (workers + 1)
+IDLE_TIMEOUT_S = 20  # idle export workers exit after this long (also after a killed run)
+
+
+@dataclass
+class ExportJob:
+    """What the network produced for one case and where it goes."""
+
+    case_id: str
+    members: list  # per configuration: (probabilities (K, *preprocessed shape) float32, CaseProperties, Configuration)
+    geometry: object  # Geometry of the input image: the output keeps it
+    target: Path  # label file
+    npz: Path | None = None  # probabilities file (--save-probabilities)
+    postprocessing: Sequence[Sequence[int]] = ()
+    image: np.ndarray | None = None  # (C, Z, Y, X) input intensities: statistics rows are computed when given
+    label_names: dict = field(default_factory=dict)  # dataset.json's labels {name: value}
+    channel_names: Sequence[str] | None = None
+    parent_pid: int | None = None  # set for a pool worker: the predict process, which must still be alive
+
+
+@dataclass
+class ExportResult:
+    case_id: str
+    path: Path
+    rows: list  # statistics rows (empty without an image)
+    seconds: float
+
+
+def export_case(job: ExportJob) -> ExportResult:
+    """Raw-grid probabilities -> labels -> postprocessing -> files; errors become an AutosegError naming the case."""
+    start = time.perf_counter()
+    if job.parent_pid is not None and os.getppid() != job.parent_pid:  # killed: write nothing more for it
+        raise ImageIOError(f"case {job.case_id!r}: not exported, the predict process that queued it has ended")
+    try:
+        path, rows = _export(job)
+    except AutosegError as exc:
+        if job.case_id in str(exc):
+            raise
+        raise type(exc)(f"case {job.case_id!r}: {exc}") from None
+    except MemoryError:
+        raise ImageIOError(
+            f"case {job.case_id!r}: out of memory while exporting {job.target}; use fewer export workers (-j 1)"
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - reported with the case and the cause, without a traceback
+        raise ImageIOError(
+            f"case {job.case_id!r}: exporting {job.target} failed ({type(exc).__name__}: {str(exc)[:300]})"
+        ) from None
+    return ExportResult(job.case_id, path, rows, time.perf_counter() - start)
+
+
+def _export(job: ExportJob) -> tuple[Path, list]:
+    from autoseg.data.image_io import write_label
+    from autoseg.evaluation.postprocess import apply_postprocessing
+    from autoseg.inference.ensemble import probabilities_to_labels, save_probabilities
+    from autoseg.inference.export import restore_probabilities
+
+    probs = None
+    for member in job.members:  # one member's raw-grid probabilities at a time (summed in member order)
+        restored = restore_probabilities(*member).astype(np.float32, copy=False)
+        if probs is None:
+            probs = restored
+        else:
+            probs += restored
+    if len(job.members) > 1:
+        probs /= len(job.members)
+    labels = apply_postprocessing(probabilities_to_labels(probs), job.postprocessing)
+    if job.npz is not None:
+        save_probabilities(job.npz, probs)
+    del probs
+    try:
+        path = write_label(job.target, labels, job.geometry)
+    except BaseException:
+        if job.npz is not None:  # no probabilities without their segmentation (--continue would keep them)
+            job.npz.unlink(missing_ok=True)
+        raise
+    rows = []
+    if job.image is not None:
+        from autoseg.evaluation.statistics import case_statistics
+
+        rows = case_statistics(labels, job.image, job.geometry, job.label_names, job.case_id, job.channel_names)
+    return path, rows
+
+
+class Exporter:
+    """Runs export jobs in this process (`workers` 1) or in a pool of `workers` processes, at most workers + 1 jobs
+    in flight. Use as a context manager: `submit` each job, then `finish` -> the results in submission order."""
+
+    def __init__(self, workers: int = 1):
+        self.workers = max(1, int(workers))
+        self.pool = None
+        self.pending: list[tuple[int, str, Future]] = []
+        self.results: dict[int, ExportResult] = {}
+        self.count = 0
+
+    def __enter__(self) -> Exporter:
+        if self.workers > 1:
+            # a private loky pool, not the process-wide reusable one: joblib.Parallel (evaluation, preprocessing)
+            # reuses that one and cannot share it with a pool made outside joblib
+            from joblib.externals.loky import ProcessPoolExecutor
+
+            threads = str(max(1, (os.cpu_count() or 1) // (self.workers + 1)))
+            env = {name: threads for name in THREAD_VARIABLES}
+            self.pool = ProcessPoolExecutor(max_workers=self.workers, env=env, timeout=IDLE_TIMEOUT_S)
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self.pool is not None:
+            if exc_type is not None:
+                for _, _, future in self.pending:
+                    future.cancel()  # queued jobs do not start; running ones finish (complete files)
+            self.pool.shutdown(wait=True)
+        self.pool = None
+
+    def submit(self, job: ExportJob) -> None:
+        index, self.count = self.count, self.count + 1
+        if self.pool is None:
+            self.results[index] = export_case(job)
+            return
+        self._collect(block=False)  # a failed job stops the run as soon as it is seen
+        while len(self.pending) > self.workers:
+            self._collect(block=True)
+        job.parent_pid = os.getpid()
+        self.pending.append((index, job.case_id, self.pool.submit(export_case, job)))
+
+    def finish(self) -> list[ExportResult]:
+        while self.pending:
+            self._collect(block=True)
+        return [self.results[i] for i in sorted(self.results)]
+
+    def _collect(self, block: bool) -> None:
+        if block and self.pending:
+            wait([f for _, _, f in self.pending], return_when=FIRST_COMPLETED)
+        still = []
+        for index, case_id, future in self.pending:
+            if not future.done():
+                still.append((index, case_id, future))
+                continue
+            try:
+                self.results[index] = future.result()  # a worker's AutosegError is raised here as it is
+            except BrokenExecutor as exc:
+                raise ImageIOError(
+                    f"case {case_id!r}: an export worker process died ({type(exc).__name__}), probably out of "
+                    "memory; rerun with fewer export workers (-j 1) and --continue"
+                ) from None
+        self.pending = still
+
+
+# ---- how many export workers -----------------------------------------------------------------------------------
+def export_workers(requested: int, cases, predictors, available: float | None = None) -> int:
+    """Export workers for `cases` (InputCase) predicted by `predictors`: at most `requested` and the number of cases,
+    fewer when the largest case's export (its class probabilities at the network's resolution, COPIES['predict']
+    float32 copies) would not fit memory (`resources.choose_workers`, which logs the reason)."""
+    from autoseg.data.image_io import read_header
+    from autoseg.resources import COPIES, case_bytes, choose_workers, describe
+
+    requested = min(max(1, int(requested)), len(cases))
+    if requested <= 1:
+        return 1
+    big = max(cases, key=lambda c: sum(p.stat().st_size for p in c.files if p.is_file()))
+    try:
+        shape, components, geometry = read_header(big.files[0])
+    except AutosegError:
+        return requested  # reported with its name when the case is read
+    zoom = max(network_zoom(geometry.spacing, p.source.plans.transpose, p.configuration) for p in predictors)
+    classes = predictors[0].source.num_classes * len(predictors)
+    what = f"{describe(shape, max(len(big.files), components))} with {classes} class probabilities"
+    need = case_bytes(shape, classes, COPIES["predict"], zoom)
+    return choose_workers(requested, need, what, available, stage="export workers")
+
+
+def network_zoom(spacing: Sequence[float], transpose: Sequence[int], configuration) -> float:
+    """Voxels at the configuration's spacing per raw voxel for an image of `spacing` (z, y, x)."""
+    from autoseg.preprocessing.preprocess import target_spacing
+
+    moved = tuple(float(spacing[a]) for a in transpose)
+    target = target_spacing(configuration, moved)
+    return float(math.prod(s / t for s, t in zip(moved, target)))
