@@ -57,3 +57,16 @@ def hippocampus_subset(workspace: Workspace):
         return dst
 
     return make
+
+
+@pytest.fixture
+def autoseg_log(caplog):
+    """caplog that sees autoseg's log records (INFO and up; the autoseg logger does not propagate by default)."""
+    import logging
+
+    log = logging.getLogger("autoseg")
+    old = log.propagate
+    log.propagate = True
+    caplog.set_level(logging.INFO, logger="autoseg")
+    yield caplog
+    log.propagate = old

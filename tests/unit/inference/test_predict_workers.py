@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import math
 import zipfile
 
@@ -36,16 +35,6 @@ def inputs(tmp_path):
     for i, (cid, spacing) in enumerate(SPACINGS.items()):
         write_case(folder, cid, (5, 14, 12), spacing, seed=10 + i)
     return folder
-
-
-@pytest.fixture
-def autoseg_log(caplog):
-    log = logging.getLogger("autoseg")
-    old = log.propagate
-    log.propagate = True
-    caplog.set_level(logging.INFO, logger="autoseg")
-    yield caplog
-    log.propagate = old
 
 
 def _run(ws, inp, out, **kw):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-
 import pytest
 
 from autoseg import resources
@@ -23,16 +21,6 @@ def meminfo(tmp_path, monkeypatch):
     return set_available
 
 
-@pytest.fixture
-def caplog_autoseg(caplog):
-    log = logging.getLogger("autoseg")
-    old = log.propagate
-    log.propagate = True
-    caplog.set_level(logging.INFO, logger="autoseg")
-    yield caplog
-    log.propagate = old
-
-
 def test_case_bytes_and_description():
     assert resources.case_bytes((1000, 512, 512), 1, copies=6) == 1000 * 512 * 512 * 4 * 6
     assert resources.case_bytes((10, 10, 10), 2, copies=3, zoom=2.0) == 1000 * 2 * 4 * 3 * 2
@@ -48,23 +36,23 @@ def test_available_memory_reads_meminfo_and_falls_back(meminfo, tmp_path, monkey
     assert fallback is not None and fallback > 0
 
 
-def test_large_ct_reduces_workers_and_says_so(meminfo, caplog_autoseg):
+def test_large_ct_reduces_workers_and_says_so(meminfo, autoseg_log):
     need = resources.case_bytes((1000, 512, 512), 1)  # ~5.9 GB per worker
     meminfo(10 * GB)
     n = resources.choose_workers(2, need, resources.describe((1000, 512, 512)), stage="preprocess")
     assert n == 1
-    text = caplog_autoseg.text
+    text = autoseg_log.text
     assert "preprocess: 512x512x1000 image (1 channel) needs ~5.9 GB per worker; using 1 worker instead of 2" in text
     assert "(10.0 GB available)" in text
-    caplog_autoseg.clear()
+    autoseg_log.clear()
     meminfo(64 * GB)
-    assert resources.choose_workers(4, need, "x") == 4 and caplog_autoseg.text == ""
+    assert resources.choose_workers(4, need, "x") == 4 and autoseg_log.text == ""
     meminfo(4 * GB)
     assert resources.choose_workers(4, need, "big") == 1  # never 0: slower, and a warning that it may not fit
-    assert "needs ~5.9 GB but only 4.0 GB are available" in caplog_autoseg.text
+    assert "needs ~5.9 GB but only 4.0 GB are available" in autoseg_log.text
 
 
-def test_preprocess_and_fingerprint_use_fewer_workers(workspace, synthetic, meminfo, caplog_autoseg, monkeypatch):
+def test_preprocess_and_fingerprint_use_fewer_workers(workspace, synthetic, meminfo, autoseg_log, monkeypatch):
     folder = synthetic(n_cases=4, shape=(16, 24, 24))
     cases, _ = list_cases(load_dataset(folder))
     one_case = resources.case_bytes((17, 26, 26), 1, resources.COPIES["preprocess"])
@@ -73,4 +61,4 @@ def test_preprocess_and_fingerprint_use_fewer_workers(workspace, synthetic, memi
     assert resources.workers_for_cases(2, cases, "verify", available=1000) == 1
     report = plan_and_preprocess(workspace, "999", ["3d_fullres"], jobs=2)
     assert report.preprocess.jobs == 1
-    assert "using 1 worker instead of 2" in caplog_autoseg.text
+    assert "using 1 worker instead of 2" in autoseg_log.text
