@@ -71,42 +71,40 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     return atomic_write_bytes(path, buf.getvalue())
 
 
+def _load_weights_only(path: Path, map_location, kind: str):
+    """torch.load with ``weights_only=True``: a pickled object is refused, an unreadable file is an error; both
+    raise ConfigError naming the file (`kind`: "checkpoint" or "weights file", for the message)."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        what = f" ({found.group(1)})" if found else ""
+        raise ConfigError(
+            f"{path}: refused to load: the {kind} contains pickled Python objects{what} that could execute code "
+            "when loaded; only files of tensors and plain values are accepted"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: not a readable {kind} ({type(exc).__name__}: {str(exc)[:200]})") from None
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load with ``weights_only=True``; pickled objects, truncated files and foreign formats raise ConfigError."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: checkpoint not found")
-    try:
-        data = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
-        what = f" ({found.group(1)})" if found else ""
-        raise ConfigError(
-            f"{path}: refused to load: the checkpoint contains pickled Python objects{what} that could execute code "
-            "when loaded; only checkpoints of tensors and plain values are accepted"
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise ConfigError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {str(exc)[:200]})") from None
+    data = _load_weights_only(path, map_location, "checkpoint")
     if not isinstance(data, dict) or "model" not in data:
         raise ConfigError(f"{path}: not an autoseg checkpoint (no 'model' entry)")
     return data
 
 
 def load_weights(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    """Model weights from a training checkpoint (its 'model' entry) or a plain weights file (a bundle's weights.pt).
-
-    Loaded with ``weights_only=True`` like every checkpoint: no code is ever unpickled; any failure raises
-    ConfigError naming the file ("cannot be loaded as weights").
-    """
+    """Model weights from a training checkpoint (its 'model' entry) or a plain weights file (a bundle's weights.pt),
+    loaded the same way as every checkpoint: no code is ever unpickled."""
     path = Path(path)
     if path.name.startswith("checkpoint_"):
         return load_checkpoint(path, map_location)["model"]
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any failure means the file is unusable; say which and why
-        found = re.search(r"GLOBAL ([\w.]+)", str(exc)) if isinstance(exc, pickle.UnpicklingError) else None
-        why = f"it contains a pickled Python object ({found.group(1)})" if found else type(exc).__name__
-        raise ConfigError(f"{path}: cannot be loaded as weights ({why}: {str(exc)[:200]})") from None
+    state = _load_weights_only(path, map_location, "weights file")
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ConfigError(f"{path}: not a state dict of tensors")
     return state

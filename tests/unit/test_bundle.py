@@ -81,7 +81,9 @@ def test_pickled_weights_are_refused(workspace, bundle_zip, tmp_path):
         for item in zin.infolist():
             data = buf.getvalue() if item.filename.endswith("fold_1/weights.pt") else zin.read(item)
             zout.writestr(item, data)
-    with pytest.raises(ConfigError, match="fold_1/weights.pt: cannot be loaded as weights"):
+    with pytest.raises(
+        ConfigError, match="fold_1/weights.pt: refused to load: the weights file contains pickled Python objects"
+    ):
         install_bundle(workspace, bad, to=tmp_path / "inst")
     assert not (tmp_path / "inst").exists()
 
