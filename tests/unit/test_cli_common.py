@@ -46,3 +46,15 @@ def test_help_lists_subcommands():
     out = subprocess.run([sys.executable, "-m", "autoseg", "--help"], capture_output=True, text=True, check=True)
     for cmd in ("verify", "fingerprint", "convert_msd", "plan", "preprocess", "plan_and_preprocess", "demo"):
         assert cmd in out.stdout
+
+
+def test_help_shows_only_defaults_that_say_something(capsys):
+    from autoseg.cli.main import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["benchmark", "--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    assert "(default: None)" not in text and "(default: False)" not in text
+    assert "(default: 20)" in text  # --iterations: a real default is shown once
+    assert text.count("cuda when available") == 1 and "available) (default" not in text
