@@ -2,6 +2,7 @@
 
 `CASES` holds (id, base, damage(folder), offending path relative to the dataset folder, regex of the defect words).
 `WORKING` holds odd but valid datasets (id, base, change(folder)) that every command must accept.
+tests/unit/data/test_verify.py runs most of `CASES` through `autoseg verify` too.
 """
 
 from __future__ import annotations
@@ -116,6 +117,15 @@ def mha_header(path: Path, old: str, new: str) -> None:
     path.write_bytes(re.sub(old.encode(), new.encode(), data[:end]) + data[end:])
 
 
+def nan_spacing_mha(path: Path) -> None:
+    mha_header(path, r"ElementSpacing = \S+", "ElementSpacing = nan")
+
+
+def singular_direction_mha(path: Path) -> None:
+    """Two identical rows in the direction matrix."""
+    mha_header(path, r"TransformMatrix = [^\n]+", "TransformMatrix = 1 0 0 1 0 0 0 0 1")
+
+
 def symlink_loop(path: Path) -> None:
     path.unlink()
     os.symlink(path.name, path)  # points to itself
@@ -200,21 +210,9 @@ CASES = [
     ("garbage_label", "nii", lambda f: (f / C1L).write_bytes(b"not an image" * 50), C1L, r"corrupt"),
     ("symlink_loop", "nii", lambda f: symlink_loop(f / C1), C1, r"symbolic link or a link loop"),
     ("nan_spacing_nii", "nii", lambda f: nan_spacing_nii(f / C1), C1, r"spacing"),
-    (
-        "nan_spacing_mha",
-        "mha",
-        lambda f: mha_header(f / M1, r"ElementSpacing = \S+", "ElementSpacing = nan"),
-        M1,
-        r"spacing",
-    ),
+    ("nan_spacing_mha", "mha", lambda f: nan_spacing_mha(f / M1), M1, r"spacing"),
     ("singular_direction_nii", "nii", lambda f: singular_sform_nii(f / C1), C1, r"corrupt"),
-    (
-        "singular_direction_mha",
-        "mha",
-        lambda f: mha_header(f / M1, r"TransformMatrix = [^\n]+", "TransformMatrix = 1 0 0 1 0 0 0 0 1"),
-        M1,
-        r"direction",
-    ),
+    ("singular_direction_mha", "mha", lambda f: singular_direction_mha(f / M1), M1, r"direction"),
     ("image_4d", "nii", lambda f: make_4d(f / C1), C1, r"is a 4D image"),
     ("nan_in_image", "nii", lambda f: rewrite(f / C1, with_value(np.nan, np.float32)), C1, r"1 NaN and 0 Inf"),
     ("inf_in_image", "nii", lambda f: rewrite(f / C1, with_value(np.inf, np.float32)), C1, r"0 NaN and 1 Inf"),

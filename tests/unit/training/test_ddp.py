@@ -6,12 +6,12 @@ import sys
 
 import pytest
 import torch
-from tiny_run_data import DATASET, make_tiny_dataset
+from tiny_run import tiny_workspace, train_args
+from tiny_run_data import DATASET
 
 from autoseg.errors import ConfigError
 from autoseg.training.checkpoint import load_checkpoint
 from autoseg.training.distributed import env_info, rank_oversampling, split_batch
-from autoseg.workspace import Workspace
 
 
 def test_split_batch_remainder_to_first_ranks():
@@ -35,37 +35,9 @@ def test_env_info():
 
 
 def test_torchrun_two_processes_one_consistent_checkpoint(tmp_path):
-    ws = Workspace.at(tmp_path / "ws")
-    make_tiny_dataset(ws)
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        "-m",
-        "autoseg",
-        "train",
-        "-d",
-        "990",
-        "-c",
-        "3d_fullres",
-        "-f",
-        "0",
-        "--workspace",
-        str(ws.root),
-        "--device",
-        "cpu",
-        "-j",
-        "0",
-        "--set",
-        "epochs=2",
-        "--set",
-        "iterations_per_epoch=2",
-        "--set",
-        "val_iterations_per_epoch=1",
-        "--set",
-        "validate_at_end=false",
-    ]
+    ws, _ = tiny_workspace(tmp_path / "ws")
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"]
+    cmd = [*torchrun, "-m", "autoseg", *train_args(ws, epochs=2)]
     env = {**os.environ, "AUTOSEG_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]

@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_run_data import DATASET, make_tiny_dataset
+from tiny_run import quick_config, tiny_workspace, train_args
+from tiny_run_data import DATASET
 
 from autoseg.errors import ConfigError
 from autoseg.training.checkpoint import load_checkpoint
 from autoseg.training.config import TrainConfig
 from autoseg.training.trainer import Trainer, train_fold, trainers
-from autoseg.workspace import Workspace
 
-CFG = TrainConfig(epochs=4, iterations_per_epoch=2, val_iterations_per_epoch=1, validate_at_end=False)
+CFG = quick_config(epochs=4)
 
 
 class Stop(Exception):
@@ -38,12 +38,6 @@ def _restore_determinism():
     before = torch.are_deterministic_algorithms_enabled()
     yield
     torch.use_deterministic_algorithms(before)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    ws = Workspace.at(tmp_path_factory.mktemp("resume") / "ws")
-    return ws, make_tiny_dataset(ws)
 
 
 def _run(ws, plans, cfg, trainer="default", resume=False):
@@ -108,39 +102,9 @@ class Sleepy(Trainer):  # pauses after each checkpoint while SLEEPY_SECONDS is s
 def test_sigkill_and_resume_is_exact(tiny, straight, tmp_path):
     ws, _ = tiny
     (tmp_path / "sleepy_plugin.py").write_text(PLUGIN)
-    ws2 = Workspace.at(tmp_path / "ws_kill")
-    make_tiny_dataset(ws2)
-    cmd = [
-        sys.executable,
-        "-m",
-        "autoseg",
-        "train",
-        "-d",
-        "990",
-        "-c",
-        "3d_fullres",
-        "-f",
-        "0",
-        "--workspace",
-        str(ws2.root),
-        "--device",
-        "cpu",
-        "-j",
-        "0",
-        "--deterministic",
-        "--trainer",
-        "sleepy",
-        "--plugin",
-        "sleepy_plugin",
-        "--set",
-        "epochs=4",
-        "--set",
-        "iterations_per_epoch=2",
-        "--set",
-        "val_iterations_per_epoch=1",
-        "--set",
-        "validate_at_end=false",
-    ]
+    ws2, _ = tiny_workspace(tmp_path / "ws_kill")
+    extra = ("--deterministic", "--trainer", "sleepy", "--plugin", "sleepy_plugin")
+    cmd = [sys.executable, "-m", "autoseg", *train_args(ws2, *extra, epochs=4)]
     env = {**os.environ, "AUTOSEG_NO_PROGRESS": "1", "PYTHONPATH": str(tmp_path), "SLEEPY_SECONDS": "30"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     run_dir = ws2.run_dir(DATASET, "default", "3d_fullres", "sleepy", 0)
@@ -162,8 +126,7 @@ def test_sigkill_and_resume_is_exact(tiny, straight, tmp_path):
 def test_extend_finished_run(tiny, straight):
     ws, plans = tiny
     src = straight.run_dir
-    ws3 = Workspace.at(ws.root.parent / "ws_extend")
-    make_tiny_dataset(ws3)
+    ws3, _ = tiny_workspace(ws.root.parent / "ws_extend")
     dst = ws3.run_dir(DATASET, "default", "3d_fullres", "default", 0)
     dst.mkdir(parents=True)
     for f in src.iterdir():

@@ -5,7 +5,8 @@ import sys
 
 import numpy as np
 import pytest
-from tiny_run_data import DATASET, make_tiny_dataset
+from tiny_run import quick_config, train_args
+from tiny_run_data import DATASET
 
 from autoseg.cli.main import main
 from autoseg.errors import ConfigError
@@ -13,15 +14,8 @@ from autoseg.training.checkpoint import load_checkpoint
 from autoseg.training.config import TrainConfig
 from autoseg.training.optim import poly_lr
 from autoseg.training.trainer import Trainer, train_fold, trainers
-from autoseg.workspace import Workspace
 
-QUICK = TrainConfig(epochs=2, iterations_per_epoch=2, val_iterations_per_epoch=1, validate_at_end=False)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    ws = Workspace.at(tmp_path_factory.mktemp("trainer") / "ws")
-    return ws, make_tiny_dataset(ws)
+QUICK = quick_config(epochs=2)
 
 
 def test_poly_lr():
@@ -120,27 +114,7 @@ def test_cli_set_errors_and_help(tiny, capsys):
 
 def test_cli_trains_a_fold(tiny, capsys):
     ws, _ = tiny
-    args = [
-        "train",
-        "-d",
-        "990",
-        "-f",
-        "4",
-        "--workspace",
-        str(ws.root),
-        "--device",
-        "cpu",
-        "-j",
-        "0",
-        "--set",
-        "epochs=1",
-        "--set",
-        "iterations_per_epoch=1",
-        "--set",
-        "val_iterations_per_epoch=1",
-        "--set",
-        "validate_at_end=false",
-    ]
+    args = train_args(ws, fold=4, configuration=None, epochs=1, iterations=1)
     assert main(args) == 0
     out = capsys.readouterr().out
     assert out.count("fold 4: 1 epochs, best EMA pseudo-Dice") == 2  # -c defaults to every configuration
