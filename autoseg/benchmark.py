@@ -150,13 +150,19 @@ def _median_case(folder: Path) -> str:
     return ids[int(np.argsort(sizes)[len(sizes) // 2])]
 
 
-def _inference_times(model: torch.nn.Module, configuration, folder: Path, device: torch.device) -> dict:
-    """Sliding-window seconds of the median-sized preprocessed case without and with mirror TTA."""
+def _inference_times(model: torch.nn.Module, configuration, folder: Path, device: torch.device, fc=None) -> dict:
+    """Sliding-window seconds of the median-sized preprocessed case without and with mirror TTA (a cascade stage:
+    with its previous-stage channels from `fc`)."""
     from autoseg.inference.sliding_window import sliding_window_logits
     from autoseg.preprocessing.storage import load_case
+    from autoseg.training.cascade import one_hot
 
     case_id = _median_case(folder)
-    image = torch.from_numpy(np.array(load_case(folder, case_id, mmap=False, with_locations=False).data))
+    data = np.array(load_case(folder, case_id, mmap=False, with_locations=False).data)
+    if fc is not None and fc.prev_stage_folder is not None:
+        prev = np.load(fc.prev_stage_folder / f"{case_id}.npy")
+        data = np.concatenate([data, one_hot(prev, fc.foreground_labels)])
+    image = torch.from_numpy(data)
     model.deep_supervision = False
     mirror = tuple(range(configuration.ndim))
     out = {"case": case_id, "shape": list(image.shape[1:]), "mirror_axes": list(mirror)}
@@ -229,12 +235,15 @@ def run_benchmark(
     cfg = TrainConfig(validate_at_end=False)
     batch = cfg.batch_size or conf.batch_size
     logger.info(f"benchmark {fc.dataset} {conf.name}: data pipeline ({iterations} batches, {workers} worker(s))")
-    loader = benchmark_loader(fc.data_folder, fc.train_ids, conf, num_workers=workers, n_batches=iterations, warmup=2)
+    loader = benchmark_loader(
+        fc.data_folder, fc.train_ids, conf, num_workers=workers, n_batches=iterations, warmup=2,
+        prev_stage=fc.prev_stage_folder, prev_stage_labels=fc.foreground_labels,
+    )  # fmt: skip
     logger.info(f"benchmark: {iterations} training iterations with and without data loading on {dev}")
     torch.manual_seed(cfg.seed)
     train, model = _training_times(trainers.get(trainer)(fc, cfg, dev, workers, False), dev, iterations)
     logger.info("benchmark: sliding-window inference of one case")
-    inference = _inference_times(model, conf, fc.data_folder, dev)
+    inference = _inference_times(model, conf, fc.data_folder, dev, fc)
     memory = planner_memory_estimate(plans, conf, batch, fc.in_channels, fc.num_classes)
     memory["peak_gpu_memory_gb"] = train.pop("peak_gpu_memory_gb")
     return {

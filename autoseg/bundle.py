@@ -157,6 +157,11 @@ def export_bundle(
     src = source_from_workspace(ws, name, plans_name, trainer)
     sel = src.selection
     configs = list(configurations or (sel.configurations if sel else src.trained()))
+    for c in list(configs):  # a cascade stage predicts with its previous stage first: that goes in too
+        prev = src.plans.configuration(c).previous_stage if c in src.plans.names() else None
+        while prev is not None and prev not in configs:
+            configs.insert(configs.index(c), prev)
+            c, prev = prev, src.plans.configuration(prev).previous_stage
     models: dict[str, list[int | str]] = {}
     for c in configs:
         avail = src.weights.get(c, {})

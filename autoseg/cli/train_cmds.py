@@ -13,8 +13,9 @@ oversample_foreground, seed, grad_clip, batch_size, loss, optimizer, deep_superv
 --resume continues a killed run from checkpoint_latest.pt exactly where it stopped; with --set epochs=N larger than
 before it extends a finished run (the poly learning-rate schedule is recomputed for the new total).
 
-The 3d_cascade_fullres configuration is not trained by default: it needs the cross-validation predictions of
-3d_lowres, which autoseg does not produce yet.
+Without -c every configuration is trained, 3d_cascade_fullres right after 3d_lowres: its network also gets the
+3d_lowres cross-validation predictions (one-hot, one channel per label), so all 3d_lowres folds must be trained
+first (when they are not, the cascade is skipped with a note; with -c 3d_cascade_fullres it is an error).
 
 Multi-GPU / multi-node: torchrun --nproc_per_node=N -m autoseg train ... (the batch is split across processes).
 """
@@ -27,7 +28,8 @@ def add_parsers(sub, common, fmt) -> None:
         formatter_class=fmt,
         help="train the configurations' folds (cross-validation)",
         description=DESCRIPTION,
-        epilog="example: autoseg train -d 4 -c 3d_fullres -f 0..4 --set epochs=100",
+        epilog="examples:\n  autoseg train -d 4 -c 3d_fullres -f 0..4 --set epochs=100\n"
+        "  autoseg train -d 3 -c 3d_lowres 3d_cascade_fullres -f 0..4",
     )
     p.add_argument("-d", "--dataset", required=True, help="dataset id or name (4, 004, Dataset004_Hippocampus)")
     p.add_argument(
@@ -36,7 +38,7 @@ def add_parsers(sub, common, fmt) -> None:
         nargs="+",
         default=None,
         metavar="CONFIG",
-        help="configurations to train (default: all in the plans except the cascade)",
+        help="configurations to train (default: all in the plans, the cascade after its previous stage)",
     )
     p.add_argument("-f", "--folds", nargs="+", default=["0..4"], metavar="FOLD", help="folds: 0..4, 0 2 4 or all")
     p.add_argument("--plans", default="default", help="plans name (plans_<NAME>.json)")

@@ -5,6 +5,7 @@ For every validation case: predict the preprocessed volume (step 0.5, Gaussian w
 argmax as ``fold_k/validation/<case><file_ending>`` in the original geometry, save the probabilities as
 ``<case>.npz`` (key "probabilities", float16, raw grid) for ensembling, and score against
 ``preprocessed/<dataset>/gt_segmentations``: ``fold_k/validation/metrics_per_case.csv`` and ``summary.json``.
+A cascade stage's case gets its previous-stage map (the cross-validation prediction) as one-hot extra channels.
 """
 
 from __future__ import annotations
@@ -42,7 +43,13 @@ def predict_case(model, fc, cfg, case_id: str, out_dir: Path, device: torch.devi
     from autoseg.preprocessing.storage import load_case
 
     case = load_case(fc.data_folder, case_id, mmap=False, with_locations=False)
-    logits = predict_logits(model, case.data, fc.configuration, cfg.val_step, cfg.val_tta, device)
+    data = case.data
+    if getattr(fc, "prev_stage_folder", None) is not None:
+        from autoseg.training.cascade import one_hot
+
+        prev = np.load(fc.prev_stage_folder / f"{case_id}.npy")
+        data = np.concatenate([data, one_hot(prev, fc.foreground_labels)])
+    logits = predict_logits(model, data, fc.configuration, cfg.val_step, cfg.val_tta, device)
     probs = torch.softmax(logits.float(), 0).cpu().numpy()
     raw = restore_probabilities(probs, case.properties, fc.configuration)
     labels = np.argmax(raw, 0).astype(np.uint8 if raw.shape[0] < 256 else np.uint16)

@@ -2,7 +2,9 @@
 
 A `ModelSource` says where a trained model lives (run folders in a workspace, or an installed bundle, see
 autoseg.bundle); a `Predictor` holds the networks of one configuration (one per fold), rebuilt from the plans'
-NetworkSpec through the networks registry, so the trainer class is never needed. The folds' logits are averaged
+NetworkSpec through the networks registry, so the trainer class is never needed. A cascade configuration first
+predicts its previous stage (all of that stage's folds) and adds that segmentation, preprocessed like a label, as one
+one-hot input channel per foreground label. The folds' logits are averaged
 (as nnU-Net does) and turned into probabilities; several configurations (an ensemble) are combined by averaging those
 probabilities in the raw image grid. Outputs keep the input's size, spacing, origin, direction and file ending.
 """
@@ -88,9 +90,19 @@ class Predictor:
             )
         self.folds = tuple(chosen)
         self.device = torch.device(device) if device is not None else _default_device()
+        self.labels = tuple(sorted(v for v in set(source.labels.values()) if v > 0))
+        self.previous = None
+        prev = self.configuration.previous_stage
+        if prev is not None:
+            if not source.weights.get(prev):
+                raise ConfigError(
+                    f"{source.location}: {configuration!r} is a cascade stage and needs the trained previous stage "
+                    f"{prev!r}, which has no trained fold"
+                )
+            self.previous = Predictor(source, prev, None, self.device, step, tta)
         self.models = []
         for f in self.folds:
-            net = build_network(self.configuration.network, self.in_channels, source.num_classes, False)
+            net = build_network(self.configuration.network, self.network_in_channels, source.num_classes, False)
             try:
                 net.load_state_dict(load_state_dict(available[f]))
             except RuntimeError as exc:
@@ -100,7 +112,13 @@ class Predictor:
 
     @property
     def in_channels(self) -> int:
+        """Image channels of an input case."""
         return len(self.configuration.normalization)
+
+    @property
+    def network_in_channels(self) -> int:
+        """Network input channels: the image's, plus one per foreground label for a cascade stage."""
+        return self.in_channels + (len(self.labels) if self.previous is not None else 0)
 
     def logits(self, data: np.ndarray) -> torch.Tensor:
         """Fold-averaged logits (K, *shape) on the CPU of a preprocessed case (C, *shape)."""
@@ -119,8 +137,23 @@ class Predictor:
     def network_output(self, image: np.ndarray, geometry):
         """The network part of a prediction: (softmax probabilities (K, *preprocessed shape) float32, the case's
         CaseProperties, the configuration), ready for `export.restore_probabilities` (which an export worker runs)."""
-        case = _preprocess(image, geometry, self.source, self.configuration)
-        return torch.softmax(self.logits(case.data), 0).numpy(), case.properties, self.configuration
+        if self.previous is None:
+            case = _preprocess(image, geometry, self.source, self.configuration)
+            data = case.data
+        else:
+            data, case = self._cascade_input(image, geometry)
+        return torch.softmax(self.logits(data), 0).numpy(), case.properties, self.configuration
+
+    def _cascade_input(self, image: np.ndarray, geometry):
+        """(preprocessed image + previous stage's one-hot channels, the PreprocessedCase) of a cascade stage."""
+        from autoseg.training.cascade import convert_case, one_hot
+
+        probs = self.previous.probabilities(image, geometry)
+        labels = np.argmax(probs, 0).astype(np.uint8 if probs.shape[0] <= 256 else np.uint16)
+        del probs
+        src = self.source
+        case, prev = convert_case(image, labels, geometry, src.plans, self.configuration, src.fingerprint)
+        return np.concatenate([case.data, one_hot(prev, self.labels)]), case
 
     def probabilities(self, image: np.ndarray, geometry) -> np.ndarray:
         """Softmax probabilities (K, Z, Y, X) float32 in the raw grid of `image` (C, Z, Y, X)."""

@@ -9,7 +9,10 @@ and `loader.py`.
 "default" follows nnU-Net v2's order and probabilities: spatial (rotation p 0.2, scaling p 0.2 in [0.7, 1.4], no
 elastic; in-plane only for "dummy 2D" patches), Gaussian noise, Gaussian blur, multiplicative brightness, contrast,
 low-resolution simulation, inverted gamma, gamma, mirroring, masking outside the nonzero region, -1 -> 0, deep
-supervision. Images are interpolated linearly (as nnU-Net v2's grid_sample does) and labels with nearest neighbour.
+supervision. A cascade stage (`AugmentSpec.prev_stage_labels`) gets seg (B, 2, ...) whose channel 1, the previous
+stage's map, is transformed like the label and then moved into the data as one-hot channels (`PrevStageToData`,
+degraded during training by random dilation/erosion and connected-component removal). Images are interpolated
+linearly (as nnU-Net v2's grid_sample does) and labels with nearest neighbour.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from batchgenerators.transforms.spatial_transforms import MirrorTransform, Spati
 from batchgenerators.transforms.utility_transforms import RemoveLabelTransform
 
 from autoseg.registry import Registry
+from autoseg.training.cascade import one_hot
 
 DUMMY_2D_ASPECT = 3.0  # 3D patches with max(patch) / patch[0] above this are augmented in-plane only
 MIN_SCALE_FOR_INITIAL_PATCH = 0.85  # the sampler's larger crop covers rotation and zoom-out down to this scale
@@ -47,6 +51,7 @@ class AugmentSpec:
     dummy_2d: bool  # 3D patch augmented slice-wise (spatial and low-resolution in-plane only)
     mirror_axes: tuple[int, ...]
     mask_channels: tuple[int, ...] = ()  # channels set to 0 outside the nonzero region (use_mask_for_norm)
+    prev_stage_labels: tuple[int, ...] = ()  # cascade: labels of the previous stage's map (seg channel 1)
 
 
 @dataclass(frozen=True)
@@ -104,8 +109,9 @@ def initial_patch_size(patch_size: Sequence[int], rotation: float, dummy_2d: boo
     return tuple(int(v) for v in np.maximum(size, patch.astype(int)))
 
 
-def augment_spec(configuration, deep_supervision: bool = True) -> AugmentSpec:
-    """AugmentSpec of a plans `Configuration` (patch size, network strides, use_mask_for_norm)."""
+def augment_spec(configuration, deep_supervision: bool = True, prev_stage_labels=()) -> AugmentSpec:
+    """AugmentSpec of a plans `Configuration` (patch size, network strides, use_mask_for_norm); a cascade stage
+    passes its foreground labels as `prev_stage_labels`."""
     patch = tuple(int(v) for v in configuration.patch_size)
     strides = configuration.network.params.get("strides") or [[1] * len(patch)]
     rotation, dummy = rotation_settings(patch)
@@ -116,6 +122,7 @@ def augment_spec(configuration, deep_supervision: bool = True) -> AugmentSpec:
         dummy_2d=dummy,
         mirror_axes=tuple(range(len(patch))),
         mask_channels=tuple(i for i, m in enumerate(configuration.use_mask_for_norm) if m),
+        prev_stage_labels=tuple(int(v) for v in prev_stage_labels),
     )
 
 
@@ -174,6 +181,45 @@ class _DeepSupervisionTargets(AbstractTransform):
             targets.append(np.ascontiguousarray(seg[sl], dtype=np.int64))
         batch["target"] = targets
         return batch
+
+
+class PrevStageToData(AbstractTransform):
+    """Cascade: seg channel 1 (previous stage's map) -> one-hot data channels (one per label); seg keeps channel 0.
+
+    Training degradation (numpy's global generator, like the other transforms), per sample and label channel: with
+    `p_morph` a binary dilation or erosion of 1-8 iterations (a dilated label takes its voxels from the others), and
+    with `p_component` the removal of one random connected component.
+    """
+
+    def __init__(self, labels: Sequence[int], p_morph: float = 0.4, p_component: float = 0.2):
+        self.labels, self.p_morph, self.p_component = tuple(labels), p_morph, p_component
+
+    def __call__(self, **batch):
+        seg = batch["seg"]
+        hot = np.stack([one_hot(s, self.labels) for s in seg[:, 1]])
+        if self.p_morph > 0 or self.p_component > 0:
+            for b in range(hot.shape[0]):
+                self._degrade(hot[b])
+        batch["data"] = np.concatenate([batch["data"], hot], axis=1)
+        batch["seg"] = seg[:, :1]
+        return batch
+
+    def _degrade(self, hot: np.ndarray) -> None:
+        from scipy import ndimage
+
+        for c in range(hot.shape[0]):
+            if np.random.uniform() < self.p_morph:
+                iterations = int(np.random.randint(1, 9))
+                if np.random.uniform() < 0.5:
+                    grown = ndimage.binary_dilation(hot[c] > 0, iterations=iterations)
+                    hot[:, grown] = 0
+                    hot[c][grown] = 1
+                else:
+                    hot[c] = ndimage.binary_erosion(hot[c] > 0, iterations=iterations)
+            if np.random.uniform() < self.p_component:
+                components, n = ndimage.label(hot[c] > 0)
+                if n:
+                    hot[c][components == int(np.random.randint(1, n + 1))] = 0
 
 
 def spatial_transforms(spec: AugmentSpec, p_rotation: float = 0.2, p_scaling: float = 0.2) -> list[AbstractTransform]:
@@ -237,7 +283,10 @@ def default_pipeline(spec: AugmentSpec) -> Pipeline:
         transforms.append(MirrorTransform(spec.mirror_axes))
     if spec.mask_channels:
         transforms.append(_MaskOutside(spec.mask_channels))
-    transforms += [RemoveLabelTransform(-1, 0), _DeepSupervisionTargets(spec.ds_factors)]
+    transforms.append(RemoveLabelTransform(-1, 0))
+    if spec.prev_stage_labels:
+        transforms.append(PrevStageToData(spec.prev_stage_labels))
+    transforms.append(_DeepSupervisionTargets(spec.ds_factors))
     rotation, dummy = spec.rotation, spec.dummy_2d
     return Pipeline(initial_patch_size(spec.patch_size, rotation, dummy), Compose(transforms))
 
@@ -245,4 +294,6 @@ def default_pipeline(spec: AugmentSpec) -> Pipeline:
 @augmentations.register("none")
 def no_augmentation(spec: AugmentSpec) -> Pipeline:
     """Validation / benchmarks: crops of the final patch size, only -1 -> 0 and deep-supervision targets."""
-    return Pipeline(spec.patch_size, Compose([RemoveLabelTransform(-1, 0), _DeepSupervisionTargets(spec.ds_factors)]))
+    cascade = [PrevStageToData(spec.prev_stage_labels, 0.0, 0.0)] if spec.prev_stage_labels else []
+    transforms = [RemoveLabelTransform(-1, 0), *cascade, _DeepSupervisionTargets(spec.ds_factors)]
+    return Pipeline(spec.patch_size, Compose(transforms))

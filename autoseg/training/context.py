@@ -32,8 +32,9 @@ class FoldContext:
     val_ids: tuple[str, ...]
     foreground_labels: tuple[int, ...]
     num_classes: int
-    in_channels: int
+    in_channels: int  # network input: image channels (+ one per foreground label for a cascade stage)
     file_ending: str
+    prev_stage_folder: Path | None = None  # cascade: the previous stage's maps (autoseg.training.cascade)
 
     @property
     def header(self) -> str:
@@ -70,12 +71,6 @@ def fold_context(
     from autoseg.preprocessing.storage import list_cases
 
     conf = plans.configuration(configuration_name)
-    if conf.previous_stage is not None:
-        raise ConfigError(
-            f"configuration {conf.name!r} is a cascade stage: it needs the cross-validation predictions of "
-            f"{conf.previous_stage!r}, which autoseg train does not produce yet; train {conf.previous_stage!r} "
-            "or the other configurations instead"
-        )
     folder = ws.preprocessed_config(dataset, conf.data_identifier)
     cases = list_cases(folder)
     if not cases:
@@ -86,6 +81,8 @@ def fold_context(
     train_ids, val_ids = fold_cases(splits, fold, cases)
     fp = DatasetFingerprint.load(ws.fingerprint_file(dataset))
     values = sorted(set(fp.labels.values()))
+    labels = tuple(v for v in values if v != 0)
+    prev = _prev_stage(ws, dataset, plans, conf, trainer_name, cases, write) if conf.previous_stage else None
     return FoldContext(
         ws,
         dataset,
@@ -97,11 +94,28 @@ def fold_context(
         folder,
         tuple(train_ids),
         tuple(val_ids),
-        tuple(v for v in values if v != 0),
+        labels,
         max(values) + 1,
-        len(conf.normalization),
+        len(conf.normalization) + (len(labels) if prev is not None else 0),
         fp.file_ending,
+        prev,
     )
+
+
+def _prev_stage(ws, dataset: str, plans, conf, trainer_name: str, cases, write: bool) -> Path:
+    """The cascade's previous-stage folder: built by the main process (`write`), checked by the others."""
+    from autoseg.training import cascade
+
+    missing = cascade.missing_predictions(ws, dataset, plans, conf, trainer_name)
+    if missing:  # every rank raises the same error (no rank waits at the barrier below for nothing)
+        raise ConfigError(cascade.missing_text(conf, missing, dataset))
+    if write:
+        folder = cascade.build_prev_stage(ws, dataset, plans, conf, plans.name, trainer_name)
+    else:
+        folder = cascade.prev_stage_folder(ws, dataset, conf)
+    D.barrier(D.env_info())  # DDP: the other ranks wait for the main rank's maps
+    cascade.check_prev_stage(folder, cases)
+    return folder
 
 
 def resume_config(ckpt: dict, given: TrainConfig, where: Path) -> TrainConfig:

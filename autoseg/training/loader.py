@@ -54,9 +54,11 @@ class BatchSource:
         oversample: float,
         seed: int | Sequence[int],
         stream: int,
+        prev_stage: str | Path | None = None,
     ):
         self.pipeline = build_pipeline(augmentation, spec)
-        self.sampler = PatchSampler(folder, case_ids, self.pipeline.sample_size, oversample, spec.patch_size)
+        size = self.pipeline.sample_size
+        self.sampler = PatchSampler(folder, case_ids, size, oversample, spec.patch_size, prev_stage)
         self.batch_size, self.stream = int(batch_size), int(stream)
         self.entropy = [int(v) for v in np.atleast_1d(seed)]  # seed and seed_key
 
@@ -207,6 +209,8 @@ def make_loaders(
     pin_memory: bool = False,
     seed_key: Sequence[int] = (),
     start_batches: tuple[int, int] = (0, 0),
+    prev_stage: str | Path | None = None,
+    prev_stage_labels: Sequence[int] = (),
 ) -> tuple[DataIterator, DataIterator]:
     """Training (augmented) and validation ("none") batch iterators over a preprocessed configuration folder.
 
@@ -219,6 +223,8 @@ def make_loaders(
             0 = everything in the calling process.
         seed_key: non-negative integers mixed into the seed, e.g. (fold, rank), so folds/ranks see different streams.
         start_batches: (train, val) index of the first batch, to resume the streams exactly (`DataIterator.position`).
+        prev_stage, prev_stage_labels: a cascade stage's previous-stage folder and foreground labels (the batches
+            then hold one extra one-hot data channel per label, `augment.PrevStageToData`).
     Returns:
         (train_iter, val_iter), infinite; batches are identical for every `num_workers` given the seed.
     """
@@ -230,8 +236,9 @@ def make_loaders(
     batch_size = int(batch_size or configuration.batch_size)
     workers = default_num_workers() if num_workers is None else int(num_workers)
     check_cases(folder, list(train_ids) + list(val_ids))
-    spec = augment_spec(configuration, deep_supervision)
+    spec = augment_spec(configuration, deep_supervision, prev_stage_labels if prev_stage is not None else ())
     common = dict(spec=spec, batch_size=batch_size, oversample=oversample_foreground, seed=[seed, *seed_key])
+    common["prev_stage"] = prev_stage
     train = BatchSource(folder, train_ids, augmentation=augmentation, stream=TRAIN_STREAM, **common)
     val_ids = list(val_ids) or list(train_ids)
     val = BatchSource(folder, val_ids, augmentation="none", stream=VAL_STREAM, **common)
@@ -254,13 +261,14 @@ def benchmark_loader(
     n_batches: int = 30,
     warmup: int = 3,
     seed: int = 0,
+    prev_stage: str | Path | None = None,
+    prev_stage_labels: Sequence[int] = (),
 ) -> dict:
     """Batches per second of the data pipeline alone (no model): `warmup` batches are discarded first."""
     batch_size = int(batch_size or configuration.batch_size)
     check_cases(folder, case_ids)
-    source = BatchSource(
-        folder, case_ids, augment_spec(configuration), augmentation, batch_size, 0.33, seed, TRAIN_STREAM
-    )
+    spec = augment_spec(configuration, prev_stage_labels=prev_stage_labels if prev_stage is not None else ())
+    source = BatchSource(folder, case_ids, spec, augmentation, batch_size, 0.33, seed, TRAIN_STREAM, prev_stage)
     with DataIterator(source, num_workers) as it:
         for _ in range(warmup):
             next(it)

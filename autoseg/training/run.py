@@ -12,8 +12,34 @@ from autoseg.training.trainer import FoldResult, train_fold
 
 
 def default_configurations(plans) -> list[str]:
-    """Every configuration except cascade stages (they need the previous stage's cross-validation predictions)."""
-    return [c.name for c in plans.configurations if c.previous_stage is None]
+    """Every configuration in plans order, a cascade stage right after its previous stage (whose cross-validation
+    predictions it needs), e.g. 2d, 3d_fullres, 3d_lowres, 3d_cascade_fullres."""
+    order = [c.name for c in plans.configurations if c.previous_stage is None]
+    later = [c for c in plans.configurations if c.previous_stage is not None]
+    while later:
+        placed = [c for c in later if c.previous_stage in order]
+        if not placed:  # a chain that never reaches a trainable stage: keep plans order at the end
+            return order + [c.name for c in later]
+        for c in placed:
+            order.insert(order.index(c.previous_stage) + 1, c.name)
+        later = [c for c in later if c not in placed]
+    return order
+
+
+def cascade_ready(ws, name: str, plans, configuration: str, trainer: str) -> bool:
+    """False (with a log line saying why) when a cascade stage's previous-stage predictions are incomplete."""
+    from autoseg.training.cascade import missing_predictions
+
+    conf = plans.configuration(configuration)
+    if conf.previous_stage is None:
+        return True
+    missing = missing_predictions(ws, name, plans, conf, trainer)
+    if missing and env_info().is_main:
+        logger.info(
+            f"{configuration} skipped: {len(missing)} cross-validation prediction(s) of {conf.previous_stage} are "
+            f"missing (e.g. {missing[0]}); train `-c {conf.previous_stage} -f 0..4` first"
+        )
+    return not missing
 
 
 def train_folds(
@@ -42,6 +68,8 @@ def train_folds(
     results = []
     try:
         for conf in configurations or default_configurations(plans):
+            if not configurations and not cascade_ready(ws, name, plans, conf, trainer):
+                continue  # an explicit -c of the cascade gets fold_context's error instead
             for fold in folds:
                 if env_info().is_main:
                     logger.info(f"training {name} {conf} fold {fold} ({trainer}, plans {plans.name})")

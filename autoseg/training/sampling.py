@@ -120,30 +120,41 @@ class PatchSampler:
         size: Sequence[int],
         oversample: float,
         patch_size: Sequence[int] | None = None,
+        prev_stage: str | Path | None = None,
     ):
-        """`size`: the crop; `patch_size`: the final patch cut from its middle later (default: `size`)."""
+        """`size`: the crop; `patch_size`: the final patch cut from its middle later (default: `size`);
+        `prev_stage`: a cascade's folder of previous-stage maps (`<case>.npy`), cropped as a second seg channel."""
         self.reader = CaseReader(folder, case_ids)
+        self.prev_stage = Path(prev_stage) if prev_stage is not None else None
         self.size = tuple(int(s) for s in size)
         self.margin = tuple(a - int(b) for a, b in zip(self.size, patch_size or size))
         self.oversample = float(oversample)
 
     def sample(self, rng: np.random.Generator, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-        """-> data (B, C, *size) float32 and seg (B, 1, *size) int16 (-1 = outside the case)."""
+        """-> data (B, C, *size) float32 and seg (B, 1, *size) int16 (-1 = outside the case).
+
+        With `prev_stage`, seg is (B, 2, *size): channel 1 is the previous stage's map at the same window (0 outside).
+        """
         data = seg = None
+        n_seg = 1 if self.prev_stage is None else 2
         for j, forced in enumerate(forced_foreground(batch_size, self.oversample)):
             case = self.reader.get(self.reader.case_ids[rng.integers(len(self.reader.case_ids))])
             if data is None:
                 data = np.empty((batch_size, case.data.shape[0], *self.size), dtype=np.float32)
-                seg = np.empty((batch_size, 1, *self.size), dtype=np.int16)
-            img, lab, corner = self._locate(case, forced, rng)
+                seg = np.empty((batch_size, n_seg, *self.size), dtype=np.int16)
+            img, lab, corner, z = self._locate(case, forced, rng)
             crop_padded(img, corner, self.size, 0, data[j])
-            crop_padded(lab, corner, self.size, -1, seg[j])
+            crop_padded(lab, corner, self.size, -1, seg[j, :1])
+            if self.prev_stage is not None:
+                prev = self._prev_map(case.properties.case_id, case.seg.shape[1:])
+                prev = prev[None] if z is None else prev[None, z]
+                crop_padded(prev, corner, self.size, 0, seg[j, 1:])
         return data, seg
 
     def _locate(self, case: storage.PreprocessedCase, forced: bool, rng: np.random.Generator):
-        """-> (image view, label view, lower corner) with views having len(size) spatial axes."""
+        """-> (image view, label view, lower corner, slice index or None) with views having len(size) spatial axes."""
         voxel = _foreground_voxel(case.class_locations, rng) if forced else None
-        img, lab = case.data, case.seg
+        img, lab, z = case.data, case.seg, None
         if len(self.size) == 2 and img.ndim == 4:
             z = int(voxel[0]) if voxel is not None else int(rng.integers(img.shape[1]))
             img, lab = img[:, z], lab[:, z]
@@ -153,7 +164,17 @@ class PatchSampler:
                 f"{self.reader.folder}: case {case.properties.case_id} has shape {img.shape[1:]}, which does not "
                 f"fit a {len(self.size)}d patch {self.size}"
             )
-        return img, lab, lower_corner(img.shape[1:], self.size, rng, voxel, self.margin)
+        return img, lab, lower_corner(img.shape[1:], self.size, rng, voxel, self.margin), z
+
+    def _prev_map(self, case_id: str, shape: Sequence[int]) -> np.ndarray:
+        path = self.prev_stage / f"{case_id}.npy"
+        try:
+            arr = np.load(path, mmap_mode="r")
+        except FileNotFoundError:
+            raise DatasetError(f"{path}: missing; the cascade needs the previous stage's map of every case") from None
+        if arr.shape != tuple(shape):
+            raise DatasetError(f"{path}: shape {arr.shape}, the case's seg has {tuple(shape)}")
+        return arr
 
 
 def _foreground_voxel(locations: dict[int, np.ndarray], rng: np.random.Generator) -> np.ndarray | None:

@@ -103,6 +103,8 @@ class Trainer:
             batch_size=local_bs,
             pin_memory=self.device.type == "cuda",
             start_batches=start_batches,
+            prev_stage=self.fc.prev_stage_folder,
+            prev_stage_labels=self.fc.foreground_labels,
         )
 
     def on_epoch_end(self, epoch: int, record: P.EpochRecord) -> None:
