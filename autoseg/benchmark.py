@@ -155,13 +155,12 @@ def _inference_times(model: torch.nn.Module, configuration, folder: Path, device
     with its previous-stage channels from `fc`)."""
     from autoseg.inference.sliding_window import sliding_window_logits
     from autoseg.preprocessing.storage import load_case
-    from autoseg.training.cascade import one_hot
+    from autoseg.training.cascade import with_prev_stage
 
     case_id = _median_case(folder)
     data = np.array(load_case(folder, case_id, mmap=False, with_locations=False).data)
     if fc is not None and fc.prev_stage_folder is not None:
-        prev = np.load(fc.prev_stage_folder / f"{case_id}.npy")
-        data = np.concatenate([data, one_hot(prev, fc.foreground_labels)])
+        data = with_prev_stage(data, fc.prev_stage_folder, case_id, fc.foreground_labels)
     image = torch.from_numpy(data)
     model.deep_supervision = False
     mirror = tuple(range(configuration.ndim))

@@ -95,17 +95,11 @@ def _timed(result: DemoResult, stage: str, fn: Callable[[], object], where: Path
 # ---- checks before the first stage -----------------------------------------------------------------------------
 def check_device(device: str | None) -> None:
     """`None` (CUDA when available), `cpu` or `cuda[:N]`; CUDA must be present when asked for."""
-    if device is None or device == "cpu":
-        return
-    if not device.startswith("cuda"):
-        raise ConfigError(f"--device {device!r}: the demo runs on cpu or cuda")
-    import torch
+    from autoseg.training.context import resolve_device
 
-    if not torch.cuda.is_available():
-        raise ConfigError(
-            f"--device {device}: CUDA is not available on this machine (torch {torch.__version__}); run the demo "
-            "on the CPU with --device cpu, or leave --device out to use CUDA only when it is available"
-        )
+    if device is not None and device != "cpu" and not device.startswith("cuda"):
+        raise ConfigError(f"--device {device!r}: the demo runs on cpu or cuda")
+    resolve_device(device)
 
 
 def check_workspace(ws: Workspace) -> None:

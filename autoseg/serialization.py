@@ -146,7 +146,7 @@ def remove_stale_temps(folder: Path) -> int:
 
     Only regular files whose name matches `TEMP_NAME` are removed (no links, folders or other files). Call it only
     as the folder's owner (holding its lock, or as the single process writing it): another writer's temporary file
-    in flight would be deleted too. Silent: the caller logs the count (see `stale_temps_note`).
+    in flight would be deleted too. A removal is logged ("<folder>: removed N stale temporary file(s) ...").
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -160,12 +160,12 @@ def remove_stale_temps(folder: Path) -> int:
                 except FileNotFoundError:
                     continue
                 removed += 1
+    if removed:
+        from autoseg.log import logger
+
+        plural = "s" if removed != 1 else ""
+        logger.info(f"{folder}: removed {removed} stale temporary file{plural} left by an interrupted run")
     return removed
-
-
-def stale_temps_note(folder: Path, removed: int) -> str:
-    """The log line for `removed` temporary files deleted from `folder` by `remove_stale_temps`."""
-    return f"{folder}: removed {removed} stale temporary file{'s' if removed != 1 else ''} left by an interrupted run"
 
 
 def new_temp_file(path: Path, suffix: str = ".tmp") -> tuple[int, str]:

@@ -44,11 +44,10 @@ def predict_case(model, fc, cfg, case_id: str, out_dir: Path, device: torch.devi
 
     case = load_case(fc.data_folder, case_id, mmap=False, with_locations=False)
     data = case.data
-    if getattr(fc, "prev_stage_folder", None) is not None:
-        from autoseg.training.cascade import one_hot
+    if fc.prev_stage_folder is not None:
+        from autoseg.training.cascade import with_prev_stage
 
-        prev = np.load(fc.prev_stage_folder / f"{case_id}.npy")
-        data = np.concatenate([data, one_hot(prev, fc.foreground_labels)])
+        data = with_prev_stage(data, fc.prev_stage_folder, case_id, fc.foreground_labels)
     logits = predict_logits(model, data, fc.configuration, cfg.val_step, cfg.val_tta, device)
     probs = torch.softmax(logits.float(), 0).cpu().numpy()
     raw = restore_probabilities(probs, case.properties, fc.configuration)

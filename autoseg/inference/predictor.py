@@ -209,10 +209,9 @@ def predict_folder(
     for case in cases:  # every input is checked before the first output is written (no partial output folder)
         check_inputs(case.files)
     if resume and not single_file and n == 1:
-        from autoseg.serialization import remove_stale_temps, stale_temps_note
+        from autoseg.serialization import remove_stale_temps
 
-        if removed := remove_stale_temps(out):
-            logger.info(stale_temps_note(out, removed))
+        remove_stale_temps(out)
     todo = []
     for case in cases:
         target = target_of(case)
@@ -354,7 +353,9 @@ def run_predict(
     if fast:
         tta = False
         step = 0.75 if step is None else step
-    dev = _resolve_device(device)
+    from autoseg.training.context import resolve_device
+
+    dev = resolve_device(device)
     workers = default_export_workers(dev) if workers is None else workers
     predictors = []
     for c in configs:
@@ -373,13 +374,3 @@ def default_export_workers(device: torch.device) -> int:
     """2 export processes beside a GPU or on a CPU with more than 4 cores; 1 (in-process) on small CPUs, where the
     network already uses every core and starting a pool costs more than the overlap gains."""
     return 2 if device.type == "cuda" or (os.cpu_count() or 1) > 4 else 1
-
-
-def _resolve_device(name: str | None) -> torch.device:
-    if name is None:
-        return _default_device()
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name}: CUDA is not available on this machine")
-    if name != "cpu" and not name.startswith("cuda"):
-        raise ConfigError(f"--device {name!r}: use cpu or cuda")
-    return torch.device(name)

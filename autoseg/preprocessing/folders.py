@@ -16,7 +16,7 @@ from autoseg.errors import WorkspaceError
 from autoseg.log import logger
 from autoseg.planning.plans import Configuration, Plans
 from autoseg.preprocessing.normalize import resolve_scheme
-from autoseg.serialization import load_json, remove_stale_temps, save_json, stale_temps_note, to_json
+from autoseg.serialization import load_json, remove_stale_temps, save_json, to_json
 
 FORMAT_VERSION = 1  # bump when the stored arrays change meaning
 
@@ -98,14 +98,9 @@ class SharedFolderLock:
                 return True
             fh.close()  # removed by a run that rolled back while we waited: lock the new file
 
-    def _clean(self) -> None:
-        removed = remove_stale_temps(self.folder)
-        if removed:
-            logger.info(stale_temps_note(self.folder, removed))
-
     def __enter__(self) -> SharedFolderLock:
         if self._lock(fcntl.LOCK_EX | fcntl.LOCK_NB):
-            self._clean()
+            remove_stale_temps(self.folder)
             fcntl.flock(self._fh.fileno(), fcntl.LOCK_SH)
         else:
             self._lock(fcntl.LOCK_SH)
@@ -122,7 +117,7 @@ class SharedFolderLock:
         except BlockingIOError:
             alone = False
         if alone:
-            self._clean()
+            remove_stale_temps(self.folder)
             if remove_if_empty and self.folder.is_dir() and not any(self.folder.iterdir()):
                 self.folder.rmdir()
                 self.path.unlink(missing_ok=True)
@@ -137,9 +132,7 @@ class SharedFolderLock:
 def clean_folder(folder: Path, remove_cases: bool) -> None:
     """Remove temporary files of killed runs (`remove_stale_temps`, logged) and, if `remove_cases`, every stored
     case. Call it holding the folder's `FolderLock`."""
-    removed = remove_stale_temps(folder)
-    if removed:
-        logger.info(stale_temps_note(folder, removed))
+    remove_stale_temps(folder)
     if remove_cases:
         for pattern in ("*.json", "*.npy"):
             for p in folder.glob(pattern):

@@ -38,12 +38,9 @@ def one_hot(label_map: np.ndarray, labels: Sequence[int]) -> np.ndarray:
     return out
 
 
-def foreground_labels(ws, dataset: str) -> tuple[int, ...]:
-    """The dataset's label values > 0, sorted (the order of the cascade's extra channels)."""
-    from autoseg.fingerprint.fingerprint import DatasetFingerprint
-
-    fp = DatasetFingerprint.load(ws.fingerprint_file(dataset))
-    return tuple(sorted(v for v in set(fp.labels.values()) if v > 0))
+def with_prev_stage(data: np.ndarray, folder: Path, case_id: str, labels: Sequence[int]) -> np.ndarray:
+    """A preprocessed case's data (C, *shape) with its stored previous-stage map appended as one-hot channels."""
+    return np.concatenate([data, one_hot(np.load(folder / f"{case_id}.npy"), labels)])
 
 
 def prediction_sources(ws, dataset: str, plans, conf, trainer: str, case_ids: Sequence[str]):

@@ -50,7 +50,10 @@ def resolve_device(name: str | None) -> torch.device:
     if name is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name}: CUDA is not available on this machine (torch {torch.__version__})")
+        raise ConfigError(
+            f"--device {name}: CUDA is not available on this machine (torch {torch.__version__}); use --device cpu, "
+            "or leave --device out to use CUDA only when it is available"
+        )
     if not (name == "cpu" or name.startswith("cuda")):
         raise ConfigError(f"--device {name!r}: use cpu or cuda")
     return torch.device(name)

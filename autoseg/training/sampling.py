@@ -126,6 +126,7 @@ class PatchSampler:
         `prev_stage`: a cascade's folder of previous-stage maps (`<case>.npy`), cropped as a second seg channel."""
         self.reader = CaseReader(folder, case_ids)
         self.prev_stage = Path(prev_stage) if prev_stage is not None else None
+        self._prev_open: OrderedDict[str, np.ndarray] = OrderedDict()  # memory-mapped maps, as CaseReader's cases
         self.size = tuple(int(s) for s in size)
         self.margin = tuple(a - int(b) for a, b in zip(self.size, patch_size or size))
         self.oversample = float(oversample)
@@ -166,14 +167,23 @@ class PatchSampler:
             )
         return img, lab, lower_corner(img.shape[1:], self.size, rng, voxel, self.margin), z
 
+    def __getstate__(self) -> dict:  # memmaps are reopened in each worker process
+        return {**self.__dict__, "_prev_open": OrderedDict()}
+
     def _prev_map(self, case_id: str, shape: Sequence[int]) -> np.ndarray:
-        path = self.prev_stage / f"{case_id}.npy"
-        try:
-            arr = np.load(path, mmap_mode="r")
-        except FileNotFoundError:
-            raise DatasetError(f"{path}: missing; the cascade needs the previous stage's map of every case") from None
-        if arr.shape != tuple(shape):
-            raise DatasetError(f"{path}: shape {arr.shape}, the case's seg has {tuple(shape)}")
+        arr = self._prev_open.pop(case_id, None)
+        if arr is None:
+            path = self.prev_stage / f"{case_id}.npy"
+            try:
+                arr = np.load(path, mmap_mode="r")
+            except FileNotFoundError:
+                need = "the cascade needs the previous stage's map of every case"
+                raise DatasetError(f"{path}: missing; {need}") from None
+            if arr.shape != tuple(shape):
+                raise DatasetError(f"{path}: shape {arr.shape}, the case's seg has {tuple(shape)}")
+            while len(self._prev_open) >= self.reader.max_open:
+                self._prev_open.popitem(last=False)
+        self._prev_open[case_id] = arr
         return arr
 
 

@@ -26,7 +26,7 @@ import torch
 
 from autoseg.log import logger
 from autoseg.registry import Registry
-from autoseg.serialization import load_json, remove_stale_temps, stale_temps_note
+from autoseg.serialization import load_json, remove_stale_temps
 from autoseg.training import distributed as D
 from autoseg.training import progress as P
 from autoseg.training.checkpoint import capture_rng, restore_rng, save_checkpoint
@@ -244,13 +244,7 @@ def remove_run_temps(run_dir: Path) -> int:
     """Remove the temporary files a killed run left in `run_dir` and its validation/ folder; log and return how many.
 
     Called by the owner of the run folder when a run is resumed (`autoseg train --resume`)."""
-    removed = 0
-    for folder in (run_dir, run_dir / "validation"):
-        n = remove_stale_temps(folder)
-        if n:
-            logger.info(stale_temps_note(folder, n))
-        removed += n
-    return removed
+    return sum(remove_stale_temps(folder) for folder in (run_dir, run_dir / "validation"))
 
 
 def train_fold(
