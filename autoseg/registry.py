@@ -30,6 +30,10 @@ class Registry(Generic[T]):
 
         return add(obj) if obj is not None else add
 
+    def unregister(self, name: str) -> None:
+        """Remove `name` (a KeyError if it is not registered); lets a plugin or a test undo its registration."""
+        del self._items[name]
+
     def get(self, name: str) -> T:
         try:
             return self._items[name]

@@ -39,10 +39,25 @@ class TinyNet(nn.Module):
         return [y] if self.deep_supervision else y
 
 
-def test_user_registered_network_is_built_with_spec_and_flags():
+@pytest.fixture
+def register_network():
+    """networks.register for one test; the names are removed afterwards so no other test sees them."""
+    added = []
+
+    def register(name, builder=None):
+        added.append(name)
+        return networks.register(name, builder)
+
+    yield register
+    for name in added:
+        networks.unregister(name)
+    assert not set(added) & set(networks.names())
+
+
+def test_user_registered_network_is_built_with_spec_and_flags(register_network):
     seen = {}
 
-    @networks.register("test_tiny_net")
+    @register_network("test_tiny_net")
     def build_tiny(spec, in_channels, num_classes, deep_supervision):
         seen.update(params=spec.params, args=(in_channels, num_classes, deep_supervision))
         return TinyNet(in_channels, num_classes, deep_supervision)
@@ -52,8 +67,8 @@ def test_user_registered_network_is_built_with_spec_and_flags():
     assert net(torch.zeros(1, 3, 4, 4)).shape == (1, 5, 4, 4)
 
 
-def test_builder_must_return_module_with_deep_supervision_flag():
-    networks.register("test_not_a_net", lambda spec, i, c, ds: nn.Identity())
+def test_builder_must_return_module_with_deep_supervision_flag(register_network):
+    register_network("test_not_a_net", lambda spec, i, c, ds: nn.Identity())
     with pytest.raises(ConfigError, match="'test_not_a_net' must return a torch.nn.Module with a `deep_supervision`"):
         build_network(NetworkSpec("test_not_a_net", {}), 1, 2)
 

@@ -87,9 +87,12 @@ def test_custom_trainer_overrides_one_build_method(tiny):
         def build_optimizer(self, model):
             return torch.optim.Adam(model.parameters(), lr=1e-3)
 
-    result = train_fold(
-        ws, DATASET, plans, "3d_fullres", 2, QUICK, trainer="adam_for_test", device="cpu", num_workers=0
-    )
+    try:
+        result = train_fold(
+            ws, DATASET, plans, "3d_fullres", 2, QUICK, trainer="adam_for_test", device="cpu", num_workers=0
+        )
+    finally:
+        trainers.unregister("adam_for_test")
     assert "adam_for_test" in str(result.run_dir)
     assert "exp_avg" in next(iter(load_checkpoint(result.final_checkpoint)["optimizer"]["state"].values()))
     with pytest.raises(ConfigError, match="unknown trainer 'nope'"):
