@@ -24,6 +24,7 @@ from autoseg.errors import ConfigError, ImageIOError
 from autoseg.inference.inputs import InputCase, list_inputs, parse_part  # noqa: F401 - part of this module's API
 from autoseg.log import logger, progress
 from autoseg.training.checkpoint import load_weights
+from autoseg.training.context import resolve_device
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,9 @@ class Predictor:
                 f"available folds: {', '.join(map(str, available))}"
             )
         self.folds = tuple(chosen)
-        self.device = torch.device(device) if device is not None else _default_device()
+        self.device = torch.device(device) if device is not None else resolve_device(None)
+        self.memoize = False  # keep the last case's output: another predictor of the ensemble uses it too
+        self._memo = None
         self.labels = tuple(sorted(v for v in set(source.labels.values()) if v > 0))
         self.previous = None
         prev = self.configuration.previous_stage
@@ -137,12 +140,17 @@ class Predictor:
     def network_output(self, image: np.ndarray, geometry):
         """The network part of a prediction: (softmax probabilities (K, *preprocessed shape) float32, the case's
         CaseProperties, the configuration), ready for `export.restore_probabilities` (which an export worker runs)."""
+        if self.memoize and self._memo is not None and self._memo[0] is image:
+            return self._memo[1]
         if self.previous is None:
             case = _preprocess(image, geometry, self.source, self.configuration)
             data = case.data
         else:
             data, case = self._cascade_input(image, geometry)
-        return torch.softmax(self.logits(data), 0).numpy(), case.properties, self.configuration
+        result = torch.softmax(self.logits(data), 0).numpy(), case.properties, self.configuration
+        if self.memoize:
+            self._memo = (image, result)  # holds `image`, so a later case cannot be mistaken for it
+        return result
 
     def _cascade_input(self, image: np.ndarray, geometry):
         """(preprocessed image + previous stage's one-hot channels, the PreprocessedCase) of a cascade stage."""
@@ -160,10 +168,6 @@ class Predictor:
         from autoseg.inference.export import restore_probabilities
 
         return restore_probabilities(*self.network_output(image, geometry)).astype(np.float32, copy=False)
-
-
-def _default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _preprocess(image: np.ndarray, geometry, source: ModelSource, configuration):
@@ -353,14 +357,13 @@ def run_predict(
     if fast:
         tta = False
         step = 0.75 if step is None else step
-    from autoseg.training.context import resolve_device
-
     dev = resolve_device(device)
     workers = default_export_workers(dev) if workers is None else workers
     predictors = []
     for c in configs:
         use = folds if folds is not None or not fast else [next(iter(source.weights[c]))]
         predictors.append(Predictor(source, c, use, dev, 0.5 if step is None else step, tta))
+    share_previous_stages(predictors)
     logger.info(
         f"predicting with {source.dataset} {'+'.join(configs)} (folds {', '.join(map(str, predictors[0].folds))}), "
         f"TTA {'on' if tta else 'off'}, step {predictors[0].step}, device {dev}, postprocessing "
@@ -368,6 +371,23 @@ def run_predict(
     )
     steps = steps if postprocess else ()
     return predict_folder(predictors, inp, out, steps, save_probabilities, share, resume, workers, statistics)
+
+
+def share_previous_stages(predictors: Sequence[Predictor]) -> None:
+    """A cascade stage whose previous stage is also an ensemble member, with the same folds, step and TTA, uses
+    that member instead of its own copy: the previous stage then runs once per case, not twice."""
+    for p in predictors:
+        prev = p.previous
+        if prev is None:
+            continue
+        for q in predictors:
+            if q is not p and _same_model(q, prev):
+                p.previous, q.memoize = q, True
+                break
+
+
+def _same_model(a: Predictor, b: Predictor) -> bool:
+    return (a.configuration, a.folds, a.step, a.tta) == (b.configuration, b.folds, b.step, b.tta)
 
 
 def default_export_workers(device: torch.device) -> int:

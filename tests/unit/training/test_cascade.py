@@ -215,6 +215,31 @@ def test_predict_cascade_keeps_the_input_geometry(cascade_fold0, tmp_path):
     assert pred.in_channels == 1 and pred.network_in_channels == 3 and pred.previous.folds == (0, 1, 2, 3, 4)
 
 
+def test_ensemble_of_lowres_and_cascade_runs_the_lowres_stage_once_per_case(cascade_fold0, tmp_path):
+    from autoseg.bundle import resolve_source
+    from autoseg.inference.predictor import Predictor, predict_folder, share_previous_stages
+
+    ws, _, _ = cascade_fold0
+    inp = ws.raw_dataset(NAME) / "imagesTs"
+    n_cases = len(list(inp.glob("*_0000.nii.gz")))
+    source = resolve_source(ws, 999)
+    outputs, calls = {}, {False: 0, True: 0}  # forward passes through lowres networks, without / with sharing
+    for shared in (False, True):
+        lowres = Predictor(source, "3d_lowres", None, "cpu", tta=False)
+        cascade = Predictor(source, "3d_cascade_fullres", [0], "cpu", tta=False)
+        for net in lowres.models + cascade.previous.models:
+            net.register_forward_hook(lambda *_, k=shared: calls.__setitem__(k, calls[k] + 1))
+        if shared:
+            share_previous_stages([lowres, cascade])
+            assert cascade.previous is lowres and lowres.memoize
+        written = predict_folder([lowres, cascade], inp, tmp_path / str(shared))
+        assert len(written) == n_cases
+        outputs[shared] = [read_file(w)[0] for w in written]
+    assert calls[False] == 2 * calls[True] and calls[True] >= 5 * n_cases  # 5 lowres folds, >= 1 tile per case
+    for a, b in zip(outputs[False], outputs[True]):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_select_treats_the_cascade_like_any_configuration(cascade_fold0):
     from autoseg.evaluation.select import select_model, trained_configurations
 
