@@ -8,11 +8,15 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
 from autoseg.preprocessing import storage
 from autoseg.preprocessing.preprocess import preprocess_dataset
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "reliability"))
+from kill_helpers import run_and_kill  # noqa: E402
 
 NAME = "Dataset999_Synthetic"
 N_CASES = 10
@@ -30,17 +34,9 @@ def _snapshot(ws):
 def _run_and_kill(ws, jobs: int, ready) -> int:
     """Start the CLI, SIGKILL it (whole process group) as soon as `ready(folder)` is true; returns the exit code."""
     cmd = [sys.executable, "-m", "autoseg", "preprocess", "--workspace", str(ws.root), "-d", "999", "-j", str(jobs)]
-    env = {**os.environ, "AUTOSEG_NO_PROGRESS": "1"}
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stderr=subprocess.PIPE)
     folder = ws.preprocessed_config(NAME, "3d_fullres")
-    deadline = time.monotonic() + 60
-    while proc.poll() is None and time.monotonic() < deadline:
-        if folder.is_dir() and ready(folder):
-            os.killpg(proc.pid, signal.SIGKILL)
-            break
-        time.sleep(0.002)
-    proc.wait()
-    return proc.returncode
+    rc, _ = run_and_kill(cmd, lambda: folder.is_dir() and ready(folder), timeout=60)
+    return rc
 
 
 def _complete(folder) -> int:

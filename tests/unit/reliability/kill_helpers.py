@@ -29,7 +29,32 @@ def run_and_kill(cmd: list[str], ready: Callable[[], bool], env=None, timeout: f
             break
         time.sleep(0.002)
     _, err = proc.communicate()
+    _wait_group_gone(proc.pid)
     return proc.returncode, err
+
+
+def _live_members(pgid: int) -> list[int]:
+    """Pids of the processes of group `pgid` that are not zombies (from /proc)."""
+    live = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                fields = Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                live.append(int(d))
+    return live
+
+
+def _wait_group_gone(pgid: int, timeout: float = 30.0) -> None:
+    """Wait until every process of the killed group (worker processes too) has exited, so no straggler writes a
+    file after the test has looked or while the next run starts."""
+    deadline = time.monotonic() + timeout
+    while _live_members(pgid) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    left = _live_members(pgid)
+    assert not left, f"processes {left} of the killed group {pgid} still alive after {timeout} s"
 
 
 def after(seconds: float, condition: Callable[[], bool] = lambda: True) -> Callable[[], bool]:
