@@ -151,7 +151,7 @@ def export_bundle(
     """Write the finished folds (and selection, plans, dataset description) of a dataset as a zip file."""
     import torch
 
-    from autoseg.inference.predictor import load_state_dict
+    from autoseg.training.checkpoint import load_weights
 
     name = ws.resolve(dataset)
     src = source_from_workspace(ws, name, plans_name, trainer)
@@ -187,7 +187,7 @@ def export_bundle(
             for c, fs in models.items():
                 for f in fs:
                     buf = io.BytesIO()
-                    torch.save(load_state_dict(src.weights[c][f]), buf)
+                    torch.save(load_weights(src.weights[c][f]), buf)
                     zf.writestr(f"models/{c}/fold_{f}/weights.pt", buf.getvalue())
                     cfg = src.weights[c][f].parent / "train_config.json"
                     if cfg.is_file():
@@ -266,7 +266,7 @@ def _safe_members(zf: zipfile.ZipFile, zip_path: Path) -> list[zipfile.ZipInfo]:
 
 def install_bundle(ws, zip_path, to=None, force: bool = False) -> Path:
     """Extract and validate a bundle; returns the installed folder (default results/<dataset>/bundle)."""
-    from autoseg.inference.predictor import load_state_dict
+    from autoseg.training.checkpoint import load_weights
 
     zip_path = Path(zip_path)
     if not zip_path.is_file():
@@ -294,7 +294,7 @@ def install_bundle(ws, zip_path, to=None, force: bool = False) -> Path:
             source = load_bundle(tmp)
             for folds in source.weights.values():
                 for w in folds.values():
-                    load_state_dict(w)
+                    load_weights(w)
             _move_into_place(tmp, target, force)
         finally:
             if tmp.exists():

@@ -58,11 +58,6 @@ class ModelSource:
         return [c.name for c in self.plans.configurations if self.weights.get(c.name)]
 
 
-def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Model weights from a training checkpoint or a bundle's weights file (`checkpoint.load_weights`)."""
-    return load_weights(path)
-
-
 class Predictor:
     """The networks of one configuration (one per fold) and how to run them on a raw image."""
 
@@ -94,24 +89,34 @@ class Predictor:
         self.memoize = False  # keep the last case's output: another predictor of the ensemble uses it too
         self._memo = None
         self.labels = tuple(sorted(v for v in set(source.labels.values()) if v > 0))
-        self.previous = None
+        self._previous = None  # built on first use: `share_previous_stages` may hand over an ensemble member first
         prev = self.configuration.previous_stage
-        if prev is not None:
-            if not source.weights.get(prev):
-                raise ConfigError(
-                    f"{source.location}: {configuration!r} is a cascade stage and needs the trained previous stage "
-                    f"{prev!r}, which has no trained fold"
-                )
-            self.previous = Predictor(source, prev, None, self.device, step, tta)
+        if prev is not None and not source.weights.get(prev):
+            raise ConfigError(
+                f"{source.location}: {configuration!r} is a cascade stage and needs the trained previous stage "
+                f"{prev!r}, which has no trained fold"
+            )
         self.models = []
         for f in self.folds:
             net = build_network(self.configuration.network, self.network_in_channels, source.num_classes, False)
             try:
-                net.load_state_dict(load_state_dict(available[f]))
+                net.load_state_dict(load_weights(available[f]))
             except RuntimeError as exc:
                 raise ConfigError(f"{available[f]}: weights do not fit the plans' network ({str(exc)[:300]})") from None
             net.deep_supervision = False
             self.models.append(net.to(self.device).eval())
+
+    @property
+    def previous(self) -> Predictor | None:
+        """A cascade stage's previous stage (all its folds, same device, step and TTA); None for other stages."""
+        prev = self.configuration.previous_stage
+        if prev is not None and self._previous is None:
+            self._previous = Predictor(self.source, prev, None, self.device, self.step, self.tta)
+        return self._previous
+
+    @previous.setter
+    def previous(self, predictor: Predictor) -> None:
+        self._previous = predictor
 
     @property
     def in_channels(self) -> int:
@@ -121,7 +126,7 @@ class Predictor:
     @property
     def network_in_channels(self) -> int:
         """Network input channels: the image's, plus one per foreground label for a cascade stage."""
-        return self.in_channels + (len(self.labels) if self.previous is not None else 0)
+        return self.in_channels + (len(self.labels) if self.configuration.previous_stage is not None else 0)
 
     def logits(self, data: np.ndarray) -> torch.Tensor:
         """Fold-averaged logits (K, *shape) on the CPU of a preprocessed case (C, *shape)."""
@@ -377,17 +382,17 @@ def share_previous_stages(predictors: Sequence[Predictor]) -> None:
     """A cascade stage whose previous stage is also an ensemble member, with the same folds, step and TTA, uses
     that member instead of its own copy: the previous stage then runs once per case, not twice."""
     for p in predictors:
-        prev = p.previous
-        if prev is None:
-            continue
+        prev = p.configuration.previous_stage
         for q in predictors:
-            if q is not p and _same_model(q, prev):
+            if prev is not None and q is not p and _is_previous_stage_of(q, p):
                 p.previous, q.memoize = q, True
                 break
 
 
-def _same_model(a: Predictor, b: Predictor) -> bool:
-    return (a.configuration, a.folds, a.step, a.tta) == (b.configuration, b.folds, b.step, b.tta)
+def _is_previous_stage_of(q: Predictor, p: Predictor) -> bool:
+    """Whether `q` is what `p.previous` would build: the previous stage with all its folds, same step and TTA."""
+    all_folds = tuple(q.source.weights.get(p.configuration.previous_stage, {}))
+    return (q.configuration.name, q.folds, q.step, q.tta) == (p.configuration.previous_stage, all_folds, p.step, p.tta)
 
 
 def default_export_workers(device: torch.device) -> int:

@@ -75,27 +75,45 @@ def crop_padded(arr: np.ndarray, corner: Sequence[int], size: Sequence[int], pad
 
 
 class CaseReader:
-    """Opens preprocessed cases (memory-mapped) and keeps the most recently used ones open."""
+    """Opens preprocessed cases (memory-mapped) and keeps the most recently used ones open; with `prev_stage` (a
+    cascade's folder of previous-stage maps, `<case>.npy`) each case's map is opened and kept with it."""
 
-    def __init__(self, folder: str | Path, case_ids: Sequence[str], max_open: int = 64):
+    def __init__(self, folder: str | Path, case_ids: Sequence[str], max_open: int = 64, prev_stage=None):
         self.folder = Path(folder)
         self.case_ids = list(case_ids)
         self.max_open = max_open
-        self._open: OrderedDict[str, storage.PreprocessedCase] = OrderedDict()
+        self.prev_stage = Path(prev_stage) if prev_stage is not None else None
+        self._open: OrderedDict[str, tuple[storage.PreprocessedCase, np.ndarray | None]] = OrderedDict()
 
     def __getstate__(self) -> dict:  # memmaps are reopened in each worker process
         return {**self.__dict__, "_open": OrderedDict()}
 
     def get(self, case_id: str) -> storage.PreprocessedCase:
-        case = self._open.pop(case_id, None)
-        if case is None:
+        return self.open(case_id)[0]
+
+    def open(self, case_id: str) -> tuple[storage.PreprocessedCase, np.ndarray | None]:
+        """(the case, its previous-stage map or None)."""
+        entry = self._open.pop(case_id, None)
+        if entry is None:
             case = storage.load_case(self.folder, case_id, mmap=True)
             if case.seg is None:
                 raise DatasetError(f"{self.folder / (case_id + '_seg.npy')}: missing; training needs labels")
+            entry = (case, self._prev_map(case_id, case.seg.shape[1:]) if self.prev_stage is not None else None)
             while len(self._open) >= self.max_open:
                 self._open.popitem(last=False)
-        self._open[case_id] = case
-        return case
+        self._open[case_id] = entry
+        return entry
+
+    def _prev_map(self, case_id: str, shape: Sequence[int]) -> np.ndarray:
+        path = self.prev_stage / f"{case_id}.npy"
+        try:
+            arr = np.load(path, mmap_mode="r")
+        except FileNotFoundError:
+            need = "the cascade needs the previous stage's map of every case"
+            raise DatasetError(f"{path}: missing; {need}") from None
+        if arr.shape != tuple(shape):
+            raise DatasetError(f"{path}: shape {arr.shape}, the case's seg has {tuple(shape)}")
+        return arr
 
 
 def check_cases(folder: str | Path, case_ids: Sequence[str]) -> None:
@@ -124,9 +142,7 @@ class PatchSampler:
     ):
         """`size`: the crop; `patch_size`: the final patch cut from its middle later (default: `size`);
         `prev_stage`: a cascade's folder of previous-stage maps (`<case>.npy`), cropped as a second seg channel."""
-        self.reader = CaseReader(folder, case_ids)
-        self.prev_stage = Path(prev_stage) if prev_stage is not None else None
-        self._prev_open: OrderedDict[str, np.ndarray] = OrderedDict()  # memory-mapped maps, as CaseReader's cases
+        self.reader = CaseReader(folder, case_ids, prev_stage=prev_stage)
         self.size = tuple(int(s) for s in size)
         self.margin = tuple(a - int(b) for a, b in zip(self.size, patch_size or size))
         self.oversample = float(oversample)
@@ -137,19 +153,17 @@ class PatchSampler:
         With `prev_stage`, seg is (B, 2, *size): channel 1 is the previous stage's map at the same window (0 outside).
         """
         data = seg = None
-        n_seg = 1 if self.prev_stage is None else 2
+        n_seg = 1 if self.reader.prev_stage is None else 2
         for j, forced in enumerate(forced_foreground(batch_size, self.oversample)):
-            case = self.reader.get(self.reader.case_ids[rng.integers(len(self.reader.case_ids))])
+            case, prev = self.reader.open(self.reader.case_ids[rng.integers(len(self.reader.case_ids))])
             if data is None:
                 data = np.empty((batch_size, case.data.shape[0], *self.size), dtype=np.float32)
                 seg = np.empty((batch_size, n_seg, *self.size), dtype=np.int16)
             img, lab, corner, z = self._locate(case, forced, rng)
             crop_padded(img, corner, self.size, 0, data[j])
             crop_padded(lab, corner, self.size, -1, seg[j, :1])
-            if self.prev_stage is not None:
-                prev = self._prev_map(case.properties.case_id, case.seg.shape[1:])
-                prev = prev[None] if z is None else prev[None, z]
-                crop_padded(prev, corner, self.size, 0, seg[j, 1:])
+            if prev is not None:
+                crop_padded(prev[None] if z is None else prev[None, z], corner, self.size, 0, seg[j, 1:])
         return data, seg
 
     def _locate(self, case: storage.PreprocessedCase, forced: bool, rng: np.random.Generator):
@@ -166,25 +180,6 @@ class PatchSampler:
                 f"fit a {len(self.size)}d patch {self.size}"
             )
         return img, lab, lower_corner(img.shape[1:], self.size, rng, voxel, self.margin), z
-
-    def __getstate__(self) -> dict:  # memmaps are reopened in each worker process
-        return {**self.__dict__, "_prev_open": OrderedDict()}
-
-    def _prev_map(self, case_id: str, shape: Sequence[int]) -> np.ndarray:
-        arr = self._prev_open.pop(case_id, None)
-        if arr is None:
-            path = self.prev_stage / f"{case_id}.npy"
-            try:
-                arr = np.load(path, mmap_mode="r")
-            except FileNotFoundError:
-                need = "the cascade needs the previous stage's map of every case"
-                raise DatasetError(f"{path}: missing; {need}") from None
-            if arr.shape != tuple(shape):
-                raise DatasetError(f"{path}: shape {arr.shape}, the case's seg has {tuple(shape)}")
-            while len(self._prev_open) >= self.reader.max_open:
-                self._prev_open.popitem(last=False)
-        self._prev_open[case_id] = arr
-        return arr
 
 
 def _foreground_voxel(locations: dict[int, np.ndarray], rng: np.random.Generator) -> np.ndarray | None:

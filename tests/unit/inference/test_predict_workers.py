@@ -16,8 +16,8 @@ from autoseg.cli.main import main
 from autoseg.data.image_io import read_file
 from autoseg.errors import ConfigError
 from autoseg.inference.exporter import export_workers, network_zoom
-from autoseg.inference.predictor import Predictor, load_state_dict, run_predict
-from autoseg.training.checkpoint import load_weights
+from autoseg.inference.predictor import Predictor, run_predict
+from autoseg.training.checkpoint import load_checkpoint, load_weights
 from autoseg.workspace import Workspace
 
 SPACINGS = {"a": (2.0, 1.0, 1.0), "b": (3.0, 0.8, 0.5), "c": (1.5, 1.2, 0.9)}
@@ -160,18 +160,18 @@ def test_export_workers_are_sized_from_the_largest_case(model, inputs, tmp_path,
 def test_weights_are_loaded_by_one_function(model, tmp_path):
     src = resolve_source(model, 991)
     ckpt = src.weights["3d_fullres"][0]
-    state = load_state_dict(ckpt)
-    assert state.keys() == load_weights(ckpt).keys()
+    state = load_weights(ckpt)
+    assert state.keys() == load_checkpoint(ckpt)["model"].keys()  # a checkpoint gives its 'model' entry
     plain = tmp_path / "weights.pt"
     torch.save(state, plain)
     assert all(torch.equal(state[k], v) for k, v in load_weights(plain).items())
     bad = tmp_path / "bad.pt"
     torch.save({"w": torch.zeros(1), "code": tmp_path}, bad)
     with pytest.raises(ConfigError, match=r"bad.pt: refused to load: the weights file contains pickled Python objects"):
-        load_state_dict(bad)
+        load_weights(bad)
     (tmp_path / "short.pt").write_bytes(b"PK\x03\x04 not really")
     with pytest.raises(ConfigError, match=r"short.pt: not a readable weights file"):
-        load_state_dict(tmp_path / "short.pt")
+        load_weights(tmp_path / "short.pt")
 
 
 def test_two_configurations_are_averaged_the_same_way_in_workers(workspace, inputs, tmp_path):
