@@ -72,32 +72,3 @@ def choose_workers(
             f"{available / GB:.1f} GB are available; the run may be killed for lack of memory"
         )
     return fits
-
-
-def largest_case(cases) -> tuple[tuple[int, ...], int] | None:
-    """(shape (z, y, x), channels) of the case with the most image bytes on disk (header read only), or None."""
-    from autoseg.data.image_io import read_header
-
-    def size(case) -> int:
-        return sum(p.stat().st_size for p in case.images if p.is_file())
-
-    if not cases:
-        return None
-    big = max(cases, key=size)
-    try:
-        shape, components, _ = read_header(big.images[0])
-    except Exception:  # noqa: BLE001 - an unreadable file is reported by the stage itself, with its name
-        return None
-    return shape, max(len(big.images), components)
-
-
-def workers_for_cases(requested: int, cases, stage: str, available: float | None = None) -> int:
-    """Worker count for reading `cases` (verify, fingerprint): sized on the largest case's header."""
-    if requested <= 1:
-        return 1
-    found = largest_case(cases)
-    if found is None:
-        return requested
-    shape, channels = found
-    return choose_workers(requested, case_bytes(shape, channels, COPIES[stage]), describe(shape, channels), available,
-                          stage)  # fmt: skip

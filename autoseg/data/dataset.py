@@ -9,10 +9,12 @@ message for verify, fingerprint and preprocess).
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from autoseg.errors import DatasetError
+from autoseg.data.image_io import check_ending, file_ending, is_natural_2d
+from autoseg.errors import DatasetError, ImageIOError
 from autoseg.serialization import load_json
 
 REQUIRED_KEYS = ("channel_names", "labels", "numTraining", "file_ending")
@@ -46,10 +48,21 @@ class DatasetSpec:
     @property
     def rgb(self) -> bool:
         """One 3-channel file per case (RGB PNG/BMP/TIFF) instead of one file per channel."""
-        return self.file_ending in (".png", ".bmp", ".tif", ".tiff") and [c.lower() for c in self.channel_names] in (
-            ["r", "g", "b"],
-            ["red", "green", "blue"],
-        )
+        return is_rgb(self.file_ending, self.channel_names)
+
+
+def is_rgb(file_ending: str, channel_names: Sequence[str]) -> bool:
+    """The RGB rule: a natural-image ending with channels named r, g, b (or red, green, blue) means one 3-channel
+    file per case instead of one file per channel."""
+    return is_natural_2d(file_ending) and [c.lower() for c in channel_names] in (
+        ["r", "g", "b"],
+        ["red", "green", "blue"],
+    )
+
+
+def files_per_case(file_ending: str, channel_names: Sequence[str]) -> int:
+    """Image files of one case: 1 for an RGB dataset, else one per channel."""
+    return 1 if is_rgb(file_ending, channel_names) else len(channel_names)
 
 
 @dataclass(frozen=True)
@@ -112,9 +125,6 @@ def parse_dataset_json(folder: str | Path) -> tuple[DatasetSpec | None, list[str
     if not isinstance(ending, str) or not ending.startswith("."):
         problems.append(f'{path}: "file_ending" must be a string like ".nii.gz", found {ending!r}')
     else:
-        from autoseg.data.image_io import check_ending
-        from autoseg.errors import ImageIOError
-
         try:
             check_ending(ending, f'{path}: "file_ending"')
         except ImageIOError as exc:
@@ -150,8 +160,6 @@ def _naming_problem(path: Path, ending: str) -> str:
     if path.is_dir():
         return f"{path}: unexpected folder (only CASE_XXXX{ending} files belong here)"
     if not path.name.endswith(ending):
-        from autoseg.data.image_io import file_ending
-
         return f"{path}: file ending {file_ending(path)!r} differs from dataset.json's file_ending {ending!r}"
     return f"{path}: file name does not follow CASE_XXXX{ending} (4-digit channel index)"
 

@@ -1,130 +1,128 @@
-"""Read and write images with full geometry. The only module that imports SimpleITK.
+"""Read and write images with full geometry, through the registry of image formats keyed by file ending.
 
-Supported: NIfTI (.nii, .nii.gz), NRRD (.nrrd, .nhdr), MetaImage (.mha, .mhd) as 2D or 3D images, and the 2D
-formats PNG, BMP and TIFF (.tif, .tiff; a 3D TIFF stack reads as 3D). Multi-component pixels (RGB) become channels.
-Every read returns ``(array, Geometry)`` with the array in (C, Z, Y, X) order; 2D images have Z = 1.
+The formats are those registered in `autoseg.data.formats` when a function is called: the built-ins of
+`autoseg.data.itk_formats` (NIfTI .nii/.nii.gz, NRRD .nrrd/.nhdr, MetaImage .mha/.mhd as 2D or 3D images; the 2D
+formats PNG, BMP and TIFF .tif/.tiff, a 3D TIFF stack reads as 3D), imported here, plus any a plugin registers
+(`--plugin`, AUTOSEG_PLUGINS; the modules in AUTOSEG_PLUGINS are also imported here on first use, so worker
+processes know a plugin's format too). `supported_endings`, `file_ending` and `check_ending` ask the registry.
+
+Every read returns ``(array, Geometry)`` with the array in (C, Z, Y, X) order; 2D images have Z = 1 and C > 1 only
+for multi-component (RGB) pixels. What a format returns is checked here (array rank, 2D slice count, geometry), as is
+the file itself before it is read (missing, broken link, empty) and, for NIfTI, its integrity (`check_nifti`).
 Writes go to a temporary name in the target folder and are renamed, so a reader never sees half a file.
 """
 
 from __future__ import annotations
 
-import gzip
-import math
 import os
-import struct
-import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import SimpleITK as sitk
 
-from autoseg.data.geometry import PSEUDO_SPACING_2D, Geometry
-from autoseg.errors import ImageIOError
+from autoseg.data import itk_formats  # registers the built-in formats
+from autoseg.data.formats import ImageFormat, formats, short_error
+from autoseg.data.geometry import Geometry
+from autoseg.data.nifti import check_nifti
+from autoseg.errors import AutosegError, ImageIOError
+from autoseg.registry import import_plugins
 from autoseg.serialization import new_temp_file
 
-SUPPORTED_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".png", ".bmp", ".tif", ".tiff")
-NATURAL_2D_ENDINGS = (".png", ".bmp", ".tif", ".tiff")
 LOSSY_ENDINGS = (".jpg", ".jpeg")
+NIFTI_ENDINGS = (".nii", ".nii.gz")  # checked by `check_nifti` before they are read
+_env_plugins_imported = False
+
+
+def _registered() -> list[str]:
+    """The registered endings, after importing the AUTOSEG_PLUGINS modules once in this process."""
+    global _env_plugins_imported
+    if not _env_plugins_imported:
+        _env_plugins_imported = True
+        import_plugins(os.environ.get("AUTOSEG_PLUGINS", "").split(","))
+    return formats.names()
+
+
+def supported_endings() -> tuple[str, ...]:
+    """Every registered file ending, sorted (a plugin's included once it is imported)."""
+    return tuple(_registered())
+
+
+def natural_2d_endings() -> tuple[str, ...]:
+    """The endings of PNG-like formats (pseudo spacing, multi-component pixels are RGB channels)."""
+    return tuple(e for e in _registered() if formats.get(e).natural_2d)
+
+
+def is_natural_2d(ending: str) -> bool:
+    """Whether `ending` ('.png') is a registered PNG-like format; False for an unknown ending."""
+    return ending.lower() in natural_2d_endings()
 
 
 def file_ending(path: str | os.PathLike) -> str:
-    """The supported ending of `path` (".nii.gz" counts as one), or its last suffix if unsupported."""
+    """The registered ending of `path` (the longest that matches: ".nii.gz", not ".gz"), or its last suffix."""
     name = Path(path).name.lower()
-    for ending in SUPPORTED_ENDINGS:
+    for ending in sorted(_registered(), key=len, reverse=True):
         if name.endswith(ending):
             return ending
     return Path(path).suffix.lower()
 
 
 def check_ending(ending: str, where: str = "file_ending") -> None:
+    """Raise ImageIOError (starting with `where`) unless `ending` is a registered, lossless format."""
     if ending.lower() in LOSSY_ENDINGS:
         raise ImageIOError(f"{where}: {ending!r} is a lossy format; use a lossless one such as .png or .nii.gz")
-    if ending.lower() not in SUPPORTED_ENDINGS:
-        raise ImageIOError(f"{where}: {ending!r} is not supported (supported: {', '.join(SUPPORTED_ENDINGS)})")
+    known = _registered()
+    if ending.lower() not in known:
+        raise ImageIOError(
+            f"{where}: {ending!r} is not supported (supported: {', '.join(known)}; a format of your own is "
+            "registered by a plugin module: --plugin MODULE or AUTOSEG_PLUGINS)"
+        )
 
 
-def _short(exc: Exception) -> str:
-    text = " ".join(str(exc).split())
-    for marker in ("Description:", "description:"):
-        if marker in text:
-            text = text.split(marker, 1)[1].strip()
-    return text[:200]
+def image_format(path: str | os.PathLike) -> ImageFormat:
+    """The registered format of `path` by its ending; ImageIOError naming the file if there is none."""
+    ending = file_ending(path)
+    check_ending(ending, str(path))
+    return formats.get(ending)
 
 
-def _read_itk(path: Path) -> sitk.Image:
+def _check_file(path: Path) -> None:
     if not path.is_file():
         if path.is_symlink():
             raise ImageIOError(f"{path}: is a broken symbolic link or a link loop (it points to no file)")
         raise ImageIOError(f"{path}: file not found")
     if path.stat().st_size == 0:
         raise ImageIOError(f"{path}: file is empty (0 bytes)")
+
+
+def _call(fmt: ImageFormat, fn: Callable[[Path], Any], path: Path) -> Any:
+    """`fn(path)`; an error other than autoseg's own becomes ImageIOError naming the file and the format."""
     try:
-        return sitk.ReadImage(str(path))
-    except RuntimeError as exc:
-        raise ImageIOError(
-            f"{path}: cannot be read as an image, the file is corrupt or truncated ({_short(exc)})"
-        ) from None
+        return fn(path)
+    except (AutosegError, MemoryError):
+        raise
+    except Exception as exc:
+        raise ImageIOError(f"{path}: cannot be read as {fmt.name} ({type(exc).__name__}: {short_error(exc)})") from exc
 
 
-def _geometry(img: sitk.Image, path: Path) -> Geometry:
-    dim = img.GetDimension()
-    spacing = tuple(float(s) for s in reversed(img.GetSpacing()))
-    if dim == 2:
-        spacing = (PSEUDO_SPACING_2D, *spacing)
-    geo = Geometry(spacing, tuple(float(o) for o in img.GetOrigin()), tuple(float(d) for d in img.GetDirection()), dim)
-    problems = geo.problems()
-    if problems:
+def _check_geometry(fmt: ImageFormat, path: Path, geo: object) -> Geometry:
+    if not isinstance(geo, Geometry):
+        raise ImageIOError(f"{path}: the {fmt.name} reader returned {type(geo).__name__}, not a Geometry")
+    if problems := geo.problems():
         raise ImageIOError(f"{path}: invalid geometry: {'; '.join(problems)}")
     return geo
 
 
-def _pixdim(header: bytes) -> tuple[float, ...]:
-    """The spacing fields (pixdim[1..ndim]) of a NIfTI-1/2 header, either byte order; () if not NIfTI."""
-    for order in "<>":
-        size = struct.unpack(order + "i", header[:4])[0] if len(header) >= 4 else 0
-        if size == 348 and len(header) >= 348:
-            ndim, pix = struct.unpack(order + "h", header[40:42])[0], struct.unpack(order + "8f", header[76:108])
-        elif size == 540 and len(header) >= 540:
-            ndim, pix = struct.unpack(order + "q", header[16:24])[0], struct.unpack(order + "8d", header[104:168])
-        else:
-            continue
-        return tuple(pix[1 : 1 + min(max(int(ndim), 0), 7)])
-    return ()
-
-
-def check_nifti(path: Path) -> None:
-    """Raise ImageIOError for NIfTI defects that ITK's reader hides: a truncated file or gzip stream (read as
-    zeros), NaN/Inf voxels of float images (read as 0) and a non-finite header spacing.
-
-    Cost: the header and, for .nii.gz, the gzip trailer (the stored uncompressed size) are read; the whole file is
-    streamed only when these disagree or when the voxels are floats (NaN/Inf scan, about one more decompression).
-    """
-    from autoseg.data.verify import nifti_layout, scan_nifti
-
-    gz = path.name.lower().endswith(".gz")
-    try:
-        with (gzip.open if gz else open)(path, "rb") as fh:
-            header = fh.read(540)
-        with open(path, "rb") as fh:
-            fh.seek(-4 if gz else 0, os.SEEK_END)
-            tail_size = struct.unpack("<I", fh.read(4))[0] if gz else fh.tell()
-    except (OSError, EOFError, zlib.error, struct.error) as exc:
-        raise ImageIOError(
-            f"{path}: cannot be read as an image, the file is corrupt or truncated ({_short(exc)})"
-        ) from None
-    layout = nifti_layout(header)
-    if layout is None:
-        return  # not a NIfTI header: ITK's reader reports it
-    pixdim = _pixdim(header)
-    if not all(math.isfinite(s) for s in pixdim):
-        raise ImageIOError(f"{path}: the header's voxel spacing (pixdim) {pixdim} is not finite")
-    intact = tail_size == layout.end % 2**32 if gz else tail_size >= layout.end
-    if intact and layout.float_dtype is None:
-        return
-    broken, non_finite = scan_nifti(path)
-    if broken or non_finite:
-        raise ImageIOError(broken or non_finite)
+def _checked(fmt: ImageFormat, path: Path, result: tuple[np.ndarray, Geometry]) -> tuple[np.ndarray, Geometry]:
+    """What a format's `read` returned, checked: a (C, Z, Y, X) array, Z = 1 for 2D geometry, usable geometry."""
+    if not isinstance(result, tuple) or len(result) != 2 or not isinstance(result[0], np.ndarray):
+        raise ImageIOError(f"{path}: the {fmt.name} reader must return (array, Geometry), got {type(result).__name__}")
+    arr, geo = result[0], _check_geometry(fmt, path, result[1])
+    if arr.ndim != 4:
+        raise ImageIOError(f"{path}: the {fmt.name} reader returned shape {arr.shape}; expected (C, Z, Y, X)")
+    if geo.dim == 2 and arr.shape[1] != 1:
+        raise ImageIOError(f"{path}: a 2D image must have one slice (Z = 1), the {fmt.name} reader gave {arr.shape}")
+    return arr, geo
 
 
 def read_file(path: str | os.PathLike, check_integrity: bool = True) -> tuple[np.ndarray, Geometry]:
@@ -133,62 +131,26 @@ def read_file(path: str | os.PathLike, check_integrity: bool = True) -> tuple[np
     NIfTI files are checked first (`check_nifti`) unless `check_integrity` is False (verify scans them itself).
     """
     path = Path(path)
-    ending = file_ending(path)
-    check_ending(ending, str(path))
-    if check_integrity and ending in (".nii", ".nii.gz") and path.is_file() and path.stat().st_size:
+    fmt = image_format(path)
+    _check_file(path)
+    if check_integrity and file_ending(path) in NIFTI_ENDINGS:
         check_nifti(path)
-    img = _read_itk(path)
-    _check_dim(path, img.GetDimension())
-    geo = _geometry(img, path)
-    try:
-        arr = sitk.GetArrayFromImage(img)
-    except RuntimeError as exc:
-        raise ImageIOError(f"{path}: pixel data cannot be read ({_short(exc)})") from None
-    ncomp = img.GetNumberOfComponentsPerPixel()
-    if ncomp > 1:  # (..., comp) -> (comp, ...)
-        arr = np.moveaxis(arr, -1, 0)
-    else:
-        arr = arr[None]
-    if img.GetDimension() == 2:
-        arr = arr[:, None]
-    return arr, geo
-
-
-def _check_dim(path: Path, dim: int) -> None:
-    if dim not in (2, 3):
-        raise ImageIOError(
-            f"{path}: is a {dim}D image; autoseg needs 2D or 3D files with one channel per file "
-            "(a 4D MSD image can be split with `autoseg convert_msd`)"
-        )
+    return _checked(fmt, path, _call(fmt, fmt.read, path))
 
 
 def read_header(path: str | os.PathLike) -> tuple[tuple[int, ...], int, Geometry]:
-    """(shape (Z, Y, X), components per pixel, Geometry) from the file's header only (no voxel data is read).
-
-    Raises ImageIOError for what the header alone shows: unreadable, not 2D/3D, invalid geometry."""
+    """(shape (Z, Y, X), components per pixel, Geometry) from the file's header (a format without a header reader
+    is read whole). Raises ImageIOError for what the header shows: unreadable, not 2D/3D, invalid geometry."""
     path = Path(path)
-    if not path.is_file() or path.stat().st_size == 0:
-        _read_itk(path)  # raises the not-found / link / empty-file error
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError as exc:
-        raise ImageIOError(
-            f"{path}: cannot be read as an image, the file is corrupt or truncated ({_short(exc)})"
-        ) from None
-    _check_dim(path, reader.GetDimension())
-    spacing = tuple(float(s) for s in reversed(reader.GetSpacing()))
-    geo = Geometry(
-        spacing if len(spacing) == 3 else (PSEUDO_SPACING_2D, *spacing),
-        tuple(float(o) for o in reader.GetOrigin()),
-        tuple(float(d) for d in reader.GetDirection()),
-        reader.GetDimension(),
-    )
-    if problems := geo.problems():
-        raise ImageIOError(f"{path}: invalid geometry: {'; '.join(problems)}")
-    size = tuple(int(s) for s in reversed(reader.GetSize()))
-    return (1, *size) if len(size) == 2 else size, int(reader.GetNumberOfComponents()), geo
+    fmt = image_format(path)
+    _check_file(path)
+    if fmt.read_header is None:
+        arr, geo = _checked(fmt, path, _call(fmt, fmt.read, path))
+        return tuple(arr.shape[1:]), int(arr.shape[0]), geo
+    shape, components, geo = _call(fmt, fmt.read_header, path)
+    if len(shape) != 3:
+        raise ImageIOError(f"{path}: the {fmt.name} header reader returned shape {shape}; expected (Z, Y, X)")
+    return tuple(int(s) for s in shape), int(components), _check_geometry(fmt, path, geo)
 
 
 def check_inputs(paths: Sequence[str | os.PathLike]) -> None:
@@ -197,7 +159,7 @@ def check_inputs(paths: Sequence[str | os.PathLike]) -> None:
     first = None
     for p in map(Path, paths):
         shape, _, geo = read_header(p)
-        if file_ending(p) in (".nii", ".nii.gz"):
+        if file_ending(p) in NIFTI_ENDINGS:
             check_nifti(p)
         if first is None:
             first = (p, shape, geo)
@@ -238,54 +200,41 @@ def read_label(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
 def read_4d(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
     """Read a 3D or 4D file (MSD layout) -> (array (C, Z, Y, X), geometry of the 3D volume)."""
     path = Path(path)
-    img = _read_itk(path)
-    if img.GetDimension() != 4:
-        return read_file(path)
-    arr = sitk.GetArrayFromImage(img)  # (t, z, y, x)
-    sub = sitk.Extract(img, [*img.GetSize()[:3], 0], [0, 0, 0, 0])
-    return arr, _geometry(sub, path)
-
-
-def _to_itk(array: np.ndarray, geometry: Geometry) -> sitk.Image:
-    """(Z, Y, X) or (C, Z, Y, X) with C>1 as vector pixels; Z must be 1 for 2D geometry."""
-    arr = np.asarray(array)
-    vector = arr.ndim == 4
-    if vector and arr.shape[0] == 1:
-        arr, vector = arr[0], False
-    if geometry.dim == 2:
-        if (arr.shape[1] if vector else arr.shape[0]) != 1:
-            raise ImageIOError(f"cannot write a {arr.shape} array with 2D geometry")
-        arr = arr[:, 0] if vector else arr[0]
-    if vector:
-        arr = np.moveaxis(arr, 0, -1)
-    img = sitk.GetImageFromArray(np.ascontiguousarray(arr), isVector=vector)
-    img.SetSpacing(geometry.itk_spacing)
-    img.SetOrigin(geometry.origin)
-    img.SetDirection(geometry.direction)
-    return img
+    fmt = image_format(path)
+    _check_file(path)
+    if fmt.read is itk_formats.read_itk and itk_formats.file_dimension(path) == 4:
+        return itk_formats.read_4d(path)
+    return read_file(path)
 
 
 def write_image(path: str | os.PathLike, array: np.ndarray, geometry: Geometry, compress: bool = True) -> Path:
-    """Write (Z, Y, X) or (C, Z, Y, X) with `geometry`, atomically (temporary name in the folder, then rename)."""
+    """Write (Z, Y, X) or (C, Z, Y, X) with `geometry` in the format of `path`'s ending, atomically (the format
+    writes a temporary name in the folder, which is then renamed). `compress`: for formats that offer it.
+
+    An OSError (disk full, no permission, the target is a folder) propagates as it is, for the caller to report;
+    any other error of the format's writer becomes ImageIOError naming the file and the format."""
     path = Path(path)
     ending = file_ending(path)
-    check_ending(ending, str(path))
+    fmt = image_format(path)
     arr = np.asarray(array)
-    if ending in (".png", ".bmp") and arr.dtype not in (np.uint8, np.uint16):
-        arr = arr.astype(np.uint8 if arr.max(initial=0) < 256 and arr.min(initial=0) >= 0 else np.uint16)
-    img = _to_itk(arr, geometry)
+    if arr.ndim not in (3, 4) or (geometry.dim == 2 and arr.shape[-3] != 1):
+        raise ImageIOError(
+            f"{path}: cannot write an array of shape {arr.shape} with {geometry.dim}D geometry; expected (Z, Y, X) "
+            "or (C, Z, Y, X), with Z = 1 for 2D"
+        )
+    options = {"compress": compress} if fmt.compression else {}
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = new_temp_file(path, suffix=f".tmp{ending}")
     os.close(fd)
     try:
-        sitk.WriteImage(img, tmp, useCompression=compress)
+        fmt.write(Path(tmp), arr, geometry, **options)
         os.replace(tmp, path)
     except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        if isinstance(exc, RuntimeError):
-            raise ImageIOError(f"{path}: cannot be written ({_short(exc)})") from None
-        raise
+        if isinstance(exc, (AutosegError, MemoryError, OSError)) or not isinstance(exc, Exception):
+            raise
+        raise ImageIOError(f"{path}: cannot be written as {fmt.name} ({short_error(exc)})") from exc
     return path
 
 

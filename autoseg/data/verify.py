@@ -7,14 +7,12 @@ about one case per worker). Nothing here raises for a broken dataset: unreadable
 
 from __future__ import annotations
 
-import gzip
-import math
-import struct
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from joblib import Parallel, delayed
+from joblib.externals.loky.process_executor import TerminatedWorkerError
 
 from autoseg.data.dataset import (
     Case,
@@ -25,7 +23,9 @@ from autoseg.data.dataset import (
     parse_dataset_json,
 )
 from autoseg.data.geometry import Geometry
-from autoseg.data.image_io import SUPPORTED_ENDINGS, read_file
+from autoseg.data.image_io import read_file, supported_endings
+from autoseg.data.nifti import scan_nifti
+from autoseg.data.workers import workers_for_cases
 from autoseg.errors import DatasetError, ImageIOError
 from autoseg.log import progress
 from autoseg.serialization import load_json
@@ -76,73 +76,6 @@ class CaseResult:
 
 
 # ---- per case (runs in worker processes) -----------------------------------------------------------------------
-@dataclass(frozen=True)
-class NiftiLayout:
-    end: int  # bytes the file must hold: header + voxel data
-    offset: int  # where the voxel data starts
-    float_dtype: np.dtype | None  # set for float32/float64 voxels, whose NaN/Inf need a raw scan
-
-
-def nifti_layout(header: bytes) -> NiftiLayout | None:
-    """Parse the first 540 bytes of a NIfTI-1/2 file (either byte order); None if they are not a NIfTI header."""
-    for order in "<>":
-        size = struct.unpack(order + "i", header[:4])[0] if len(header) >= 4 else 0
-        if size == 348 and len(header) >= 348:
-            dims, (datatype, bitpix) = (
-                struct.unpack(order + "8h", header[40:56]),
-                struct.unpack(order + "2h", header[70:74]),
-            )
-            offset = int(struct.unpack(order + "f", header[108:112])[0])
-        elif size == 540 and len(header) >= 540:
-            dims, (datatype, bitpix) = (
-                struct.unpack(order + "8q", header[16:80]),
-                struct.unpack(order + "2h", header[12:16]),
-            )
-            offset = struct.unpack(order + "q", header[168:176])[0]
-        else:
-            continue
-        if not 1 <= dims[0] <= 7 or any(d < 1 for d in dims[1 : dims[0] + 1]) or bitpix < 1:
-            return None
-        offset = max(offset, size)
-        dtype = {16: np.dtype(order + "f4"), 64: np.dtype(order + "f8")}.get(datatype)
-        return NiftiLayout(offset + math.prod(dims[1 : dims[0] + 1]) * bitpix // 8, offset, dtype)
-    return None
-
-
-def scan_nifti(path: Path) -> tuple[str | None, str | None]:
-    """Defects of a .nii/.nii.gz file visible only in its raw bytes, which ITK's reader hides: a truncated file
-    or gzip stream (read as zeros) and NaN/Inf voxels (read as 0). Returns (broken, non-finite) problem texts.
-    Streams the file, so memory stays small."""
-    name = path.name.lower()
-    if not name.endswith((".nii", ".nii.gz")) or not path.is_file() or path.stat().st_size == 0:
-        return None, None
-    n_bad, total = [0, 0], 0
-    try:
-        with (gzip.open if name.endswith(".gz") else open)(path, "rb") as fh:
-            chunk, pos, carry = fh.read(540), 0, b""
-            layout = nifti_layout(chunk)
-            while chunk:
-                total += len(chunk)
-                if layout is not None and layout.float_dtype is not None:
-                    data = carry + chunk[max(layout.offset - pos, 0) : max(layout.end - pos, 0)]
-                    usable = len(data) - len(data) % layout.float_dtype.itemsize
-                    values, carry = np.frombuffer(data[:usable], layout.float_dtype), data[usable:]
-                    n_bad[0] += int(np.isnan(values).sum())
-                    n_bad[1] += int(np.isinf(values).sum())
-                pos += len(chunk)
-                chunk = fh.read(1 << 22)
-    except (EOFError, OSError, zlib.error) as exc:
-        return f"{path}: file is truncated or corrupt ({' '.join(str(exc).split())[:150]})", None
-    if layout is not None and total < layout.end:
-        return f"{path}: file is truncated: the header announces {layout.end} bytes but only {total} are present", None
-    if any(n_bad):
-        return (
-            None,
-            f"{path}: contains {n_bad[0]} NaN and {n_bad[1]} Inf voxels (the reader would silently make them 0)",
-        )
-    return None, None
-
-
 def _read(path: Path, problems: list[str]) -> tuple[np.ndarray, Geometry] | None:
     broken, non_finite = scan_nifti(path)
     problems += [p for p in (broken, non_finite) if p]
@@ -269,7 +202,7 @@ def _fallback_spec(folder: Path) -> tuple[DatasetSpec | None, tuple[int, ...] | 
     if not isinstance(data, dict):
         return None, None
     channels, ending = data.get("channel_names", data.get("modality")), data.get("file_ending")
-    if not isinstance(channels, dict) or not isinstance(ending, str) or ending.lower() not in SUPPORTED_ENDINGS:
+    if not isinstance(channels, dict) or not isinstance(ending, str) or ending.lower() not in supported_endings():
         return None, None
     if set(channels) != {str(i) for i in range(len(channels))}:
         return None, None
@@ -288,14 +221,10 @@ def _fallback_spec(folder: Path) -> tuple[DatasetSpec | None, tuple[int, ...] | 
 
 
 def _run(cases: list[Case], expect: Expectation, jobs: int) -> list[CaseResult]:
-    from autoseg.resources import workers_for_cases
-
     jobs = workers_for_cases(jobs, cases, "verify")
     bar = {"total": len(cases), "desc": "verify", "unit": "case"}
     if jobs <= 1 or len(cases) <= 1:
         return [check_case(c, expect) for c in progress(cases, **bar)]
-    from joblib import Parallel, delayed
-    from joblib.externals.loky.process_executor import TerminatedWorkerError
 
     tasks = (delayed(check_case)(c, expect) for c in cases)
     try:
@@ -304,7 +233,7 @@ def _run(cases: list[Case], expect: Expectation, jobs: int) -> list[CaseResult]:
         raise DatasetError(
             f"{cases[0].images[0].parent}: a verify worker process died ({exc.__class__.__name__}); "
             "probably out of memory or a crash inside the image reader. Rerun with fewer jobs (-j 1)."
-        ) from None
+        ) from exc
 
 
 def _mixed_dim_problems(results: list[CaseResult]) -> list[str]:

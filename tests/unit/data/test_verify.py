@@ -19,7 +19,8 @@ from hostile_corpus import C1, CASES, IMG, LAB, edit_json, rewrite, scaled, with
 from autoseg.cli.main import main  # noqa: E402
 from autoseg.data.geometry import Geometry  # noqa: E402
 from autoseg.data.image_io import write_image, write_label  # noqa: E402
-from autoseg.data.verify import scan_nifti, verify_dataset  # noqa: E402
+from autoseg.data.nifti import scan_nifti  # noqa: E402
+from autoseg.data.verify import verify_dataset  # noqa: E402
 
 BASES = {
     "nii": dict(n_cases=3, shape=(8, 10, 12)),

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from autoseg.preprocessing.crop import bounding_box, nonzero_mask
+from autoseg.data.crop import bounding_box, nonzero_mask
 
 
 def test_mask_is_any_channel_with_holes_filled():

@@ -5,13 +5,13 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from autoseg.data.crop import crop_to_nonzero
 from autoseg.data.dataset import list_cases, load_dataset
 from autoseg.data.image_io import read_image, read_label
 from autoseg.errors import ConfigError
 from autoseg.fingerprint.extract import extract_fingerprint
 from autoseg.fingerprint.fingerprint import IntensityStats
 from autoseg.preprocessing import normalize as N
-from autoseg.preprocessing.crop import crop_to_nonzero
 from autoseg.preprocessing.preprocess import preprocess_case
 
 STATS = IntensityStats(mean=10.0, median=9.0, std=4.0, min=-50.0, max=90.0, percentile_00_5=0.0, percentile_99_5=20.0)

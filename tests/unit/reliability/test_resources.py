@@ -6,6 +6,7 @@ import pytest
 
 from autoseg import resources
 from autoseg.data.dataset import list_cases, load_dataset
+from autoseg.data.workers import workers_for_cases
 from autoseg.preprocessing.pipeline import plan_and_preprocess
 
 GB = 1024**3
@@ -57,8 +58,8 @@ def test_preprocess_and_fingerprint_use_fewer_workers(workspace, synthetic, memi
     cases, _ = list_cases(load_dataset(folder))
     one_case = resources.case_bytes((17, 26, 26), 1, resources.COPIES["preprocess"])
     meminfo(int(one_case * 1.5 / resources.MARGIN))  # room for one worker, not two
-    assert resources.workers_for_cases(2, cases, "fingerprint") == 2  # 3 copies fit twice
-    assert resources.workers_for_cases(2, cases, "verify", available=1000) == 1
+    assert workers_for_cases(2, cases, "fingerprint") == 2  # 3 copies fit twice
+    assert workers_for_cases(2, cases, "verify", available=1000) == 1
     report = plan_and_preprocess(workspace, "999", ["3d_fullres"], jobs=2)
     assert report.preprocess.jobs == 1
     assert "using 1 worker instead of 2" in autoseg_log.text

@@ -1,6 +1,6 @@
 """Crop to the nonzero region: the mask of voxels where any channel is nonzero (holes filled) and its bounding box.
 
-Shared by fingerprinting and preprocessing so that both crop identically (nnU-Net's rule, nnunet-rules.md b.1).
+Shared by fingerprinting and preprocessing so that both crop identically (nnU-Net's rule).
 """
 
 from __future__ import annotations
