@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from autoseg.workspace import Workspace
+
 PREDICT_DESCRIPTION = """\
 Segment new images with a trained model.
 
@@ -141,7 +143,7 @@ def _add_predict(sub, common, fmt) -> None:
     p.set_defaults(handler=run_predict)
 
 
-def run_predict(args, ws) -> int:
+def run_predict(args, ws: Workspace) -> int:
     from autoseg.cli.common import parse_folds
     from autoseg.inference.predictor import run_predict as predict
 
@@ -155,7 +157,7 @@ def run_predict(args, ws) -> int:
     return 0
 
 
-def run_select(args, ws) -> int:
+def run_select(args, ws: Workspace) -> int:
     from autoseg.evaluation.select import select_model, selection_report
 
     sel = select_model(ws, args.dataset, args.plans, args.trainer, jobs=args.jobs)
@@ -164,16 +166,13 @@ def run_select(args, ws) -> int:
     return 0
 
 
-def run_evaluate(args, ws) -> int:
-    from autoseg.errors import DatasetError
-    from autoseg.evaluation.metrics import summary_table, unpredicted
+def run_evaluate(args, ws: Workspace) -> int:
+    from autoseg.errors import problems_error
+    from autoseg.evaluation.metrics import folder_problems, summary_table
     from autoseg.evaluation.select import evaluate_predictions
 
-    if missing := unpredicted(args.reference, args.prediction):
-        raise DatasetError(
-            f"{args.prediction}: prediction missing for {len(missing)} reference case(s), e.g. {missing[0].name} "
-            f"({missing[0]}); predict every case, or point -r at a folder holding only the predicted cases"
-        )
+    if problems := folder_problems(args.reference, args.prediction):  # every bad file named, before any work
+        raise problems_error(problems)
     summary, csv_path, json_path = evaluate_predictions(
         ws, args.reference, args.prediction, args.dataset, args.labels, args.output, args.tolerance, args.jobs
     )
@@ -183,7 +182,7 @@ def run_evaluate(args, ws) -> int:
     return 0
 
 
-def run_export(args, ws) -> int:
+def run_export(args, ws: Workspace) -> int:
     from autoseg.bundle import export_bundle
     from autoseg.cli.common import parse_folds
 
@@ -193,7 +192,7 @@ def run_export(args, ws) -> int:
     return 0
 
 
-def run_install(args, ws) -> int:
+def run_install(args, ws: Workspace) -> int:
     from autoseg.bundle import install_bundle
 
     target = install_bundle(ws, args.zip, args.to, args.force)

@@ -24,13 +24,18 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+from joblib import Parallel, delayed
 from scipy import ndimage
 
-from autoseg.errors import DatasetError, ImageIOError
+from autoseg.data.image_io import file_ending, read_header, read_label, supported_endings
+from autoseg.data.nifti import check_nifti
+from autoseg.errors import DatasetError, ImageIOError, problems_error
 from autoseg.log import progress
 from autoseg.serialization import atomic_write_text
 
@@ -132,8 +137,6 @@ def _label_key(label: Label) -> str:
 
 
 def _evaluate_case(case_id: str, ref_path: Path, pred_path: Path, labels, tolerance_mm: float) -> list[dict]:
-    from autoseg.data.image_io import read_label
-
     ref, geo = read_label(ref_path)
     pred, _ = read_label(pred_path)
     if pred.shape != ref.shape:
@@ -147,30 +150,85 @@ def _evaluate_case(case_id: str, ref_path: Path, pred_path: Path, labels, tolera
 
 def unpredicted(ref_dir, pred_dir) -> list[Path]:
     """Reference label files without a prediction file of the same name (evaluation refuses these)."""
-    from autoseg.data.image_io import SUPPORTED_ENDINGS
-
     ref_dir, pred_dir = Path(ref_dir), Path(pred_dir)
     if not ref_dir.is_dir() or not pred_dir.is_dir():
         return []
-    refs = [p for p in sorted(ref_dir.iterdir()) if p.name.lower().endswith(SUPPORTED_ENDINGS)]
+    refs = [p for p in sorted(ref_dir.iterdir()) if p.name.lower().endswith(supported_endings())]
     return [p for p in refs if not p.name.startswith(".") and not (pred_dir / p.name).is_file()]
 
 
-def _case_ids(ref_dir: Path, pred_dir: Path, file_ending: str, case_ids: Sequence[str] | None) -> list[str]:
+def _label_header(path: Path, what: str) -> tuple[int, ...] | str:
+    """The shape (Z, Y, X) of a label map from its header, or what is wrong with the file: missing, empty, corrupt
+    or truncated (NIfTI: `check_nifti`), not 2D/3D, invalid geometry, more than one component per pixel."""
+    if not path.is_file() and not path.is_symlink():
+        return f"{path}: {what} missing (no such file)"
+    try:
+        shape, components, _ = read_header(path)
+        if path.name.lower().endswith((".nii", ".nii.gz")):
+            check_nifti(path)
+    except ImageIOError as exc:
+        return str(exc)
+    except OSError as exc:
+        return f"{path}: cannot be read ({exc.strerror or exc})"
+    if components != 1:
+        return f"{path}: a label map must have one component per pixel, found {components}"
+    return shape
+
+
+def evaluation_problems(ref_dir, pred_dir, case_ids: Sequence[str], ending: str) -> list[str]:
+    """Every problem of the prediction and reference files of `case_ids` (CASE`ending` in each folder), one "PATH:
+    what is wrong" line each, found from the headers (and the NIfTI integrity check) without decoding voxel data:
+    missing, empty, unreadable, corrupt or truncated files, label maps with more than one component per pixel and
+    predictions whose shape differs from their reference's. Empty when every pair can be scored."""
+    ref_dir, pred_dir = Path(ref_dir), Path(pred_dir)
+    problems = []
+    for cid in case_ids:
+        pred_path, ref_path = pred_dir / f"{cid}{ending}", ref_dir / f"{cid}{ending}"
+        pred, ref = _label_header(pred_path, "prediction"), _label_header(ref_path, "reference")
+        problems += [h for h in (pred, ref) if isinstance(h, str)]
+        if not isinstance(pred, str) and not isinstance(ref, str) and pred != ref:
+            problems.append(f"{pred_path}: shape {pred} differs from the reference {ref_path} {ref}")
+    return problems
+
+
+def folder_problems(ref_dir, pred_dir) -> list[str]:
+    """What `autoseg evaluate` checks before scoring anything: every reference file without a prediction of the same
+    name, and the `evaluation_problems` of every prediction of the folder's most common image ending (the files that
+    are scored) and its reference. Empty when a folder does not exist or holds no image (the caller names that)."""
+    ref_dir, pred_dir = Path(ref_dir), Path(pred_dir)
+    if not ref_dir.is_dir() or not pred_dir.is_dir():
+        return []
+    problems = [
+        f"{p}: reference has no prediction ({pred_dir / p.name} does not exist); predict every case, or point -r at "
+        "a folder holding only the predicted cases"
+        for p in unpredicted(ref_dir, pred_dir)
+    ]
+    endings = Counter(file_ending(p) for p in pred_dir.iterdir() if p.is_file() and not p.name.startswith("."))
+    found = [e for e, _ in endings.most_common() if e in supported_endings()]
+    if found:
+        ending = found[0]
+        ids = sorted(p.name[: -len(ending)] for p in pred_dir.glob(f"*{ending}") if not p.name.startswith("."))
+        problems += evaluation_problems(ref_dir, pred_dir, ids, ending)
+    return problems
+
+
+def _case_ids(pred_dir: Path, file_ending: str, case_ids: Sequence[str] | None) -> list[str]:
     if case_ids is None:
         case_ids = sorted(
             p.name[: -len(file_ending)] for p in pred_dir.glob(f"*{file_ending}") if not p.name.startswith(".")
         )
         if not case_ids:
             raise DatasetError(f"{pred_dir}: no predictions ending in {file_ending!r} to evaluate")
-    for folder, what in ((pred_dir, "prediction"), (ref_dir, "reference")):
-        missing = [c for c in case_ids if not (folder / f"{c}{file_ending}").is_file()]
-        if missing:
-            raise DatasetError(
-                f"{folder}: {what} missing for {len(missing)} case(s): {', '.join(missing[:5])} "
-                f"({folder / (missing[0] + file_ending)} does not exist)"
-            )
     return list(case_ids)
+
+
+def _case_rows(case_id: str, ref_path: Path, pred_path: Path, labels, tolerance_mm: float) -> list[dict] | str:
+    """`_evaluate_case`, or the problem found while reading the pair (e.g. non-integer labels), so that every such
+    problem of a folder is named at the end instead of the first one stopping the run."""
+    try:
+        return _evaluate_case(case_id, ref_path, pred_path, labels, tolerance_mm)
+    except ImageIOError as exc:
+        return str(exc)
 
 
 def evaluate_folder(
@@ -187,19 +245,22 @@ def evaluate_folder(
     The DataFrame has one row per case and label (columns ``case``, ``label`` and METRICS); the summary holds
     ``mean`` ({label: {metric: mean over cases, NaN skipped}}), ``foreground_mean`` ({metric: mean of the per-label
     means, label 0 excluded}), ``mean_dice`` (= foreground_mean["dice"]), ``num_cases``, ``labels``, ``tolerance_mm``.
+    Raises one DatasetError naming every bad file: first every missing, unreadable or mismatched one
+    (`evaluation_problems`, before any case is scored), then every one found while scoring (e.g. non-integer labels).
     """
-    import pandas as pd
-    from joblib import Parallel, delayed
-
     ref_dir, pred_dir = Path(ref_dir), Path(pred_dir)
-    ids = _case_ids(ref_dir, pred_dir, file_ending, case_ids)
+    ids = _case_ids(pred_dir, file_ending, case_ids)
+    if problems := evaluation_problems(ref_dir, pred_dir, ids, file_ending):
+        raise problems_error(problems)  # every missing, unreadable or mismatched file, before any case is scored
     labels = [tuple(lab) if isinstance(lab, (list, tuple)) else int(lab) for lab in labels]
     args = [(c, ref_dir / f"{c}{file_ending}", pred_dir / f"{c}{file_ending}", labels, tolerance_mm) for c in ids]
     if jobs <= 1 or len(ids) <= 1:
-        rows = [_evaluate_case(*a) for a in progress(args, desc="evaluate", unit="case")]
+        rows = [_case_rows(*a) for a in progress(args, desc="evaluate", unit="case")]
     else:
-        gen = Parallel(n_jobs=jobs, return_as="generator")(delayed(_evaluate_case)(*a) for a in args)
+        gen = Parallel(n_jobs=jobs, return_as="generator")(delayed(_case_rows)(*a) for a in args)
         rows = list(progress(gen, total=len(args), desc="evaluate", unit="case"))
+    if problems := [r for r in rows if isinstance(r, str)]:
+        raise problems_error(problems)  # found while reading the voxels (e.g. non-integer labels); nothing written
     df = pd.DataFrame([r for case_rows in rows for r in case_rows], columns=["case", "label", *METRICS])
     return df, summarize(df, labels, tolerance_mm)
 

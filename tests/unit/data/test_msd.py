@@ -180,3 +180,49 @@ def test_folder_name_must_be_task(tmp_path):
     other = task.rename(task.with_name("Toy"))
     with pytest.raises(DatasetError, match=r"Toy: folder name must look like TaskNN_Name"):
         read_msd_task(other)
+
+
+def test_every_bad_source_file_is_named_before_anything_is_written(workspace, tmp_path, capsys):
+    """Broken files of several cases: one run names them all (file and problem), exits 1, writes nothing."""
+    task, _ = make_msd_task(tmp_path / "msd")
+    meta = json.loads((task / "dataset.json").read_text())
+    meta["training"].append({"image": "./imagesTr/brain_003.nii.gz", "label": "./labelsTr/brain_003.nii.gz"})
+    meta["training"].append({"image": "./imagesTr/brain_004.nii.gz", "label": "./labelsTr/missing.nii.gz"})
+    (task / "dataset.json").write_text(json.dumps(meta))
+    img_tr, lab_tr, img_ts = task / "imagesTr", task / "labelsTr", task / "imagesTs"
+    shutil.copy(img_tr / "brain_001.nii.gz", img_tr / "brain_004.nii.gz")
+    data = (img_tr / "brain_001.nii.gz").read_bytes()
+    (img_tr / "brain_001.nii.gz").write_bytes(data[: len(data) // 2])  # truncated gzip stream
+    write_label(lab_tr / "brain_002.nii.gz", np.zeros((5, 6, 8), np.uint8), GEOS["brain_002"])  # wrong shape
+    (img_tr / "brain_003.nii.gz").write_bytes(b"")
+    shutil.copy(lab_tr / "brain_002.nii.gz", lab_tr / "brain_003.nii.gz")
+    write_4d(img_ts / "brain_005.nii.gz", np.zeros((3, 5, 6, 7), np.float32), GEOS["brain_005"])  # 3 volumes
+    (img_ts / "notes.txt").write_text("not an image")
+    rc = main(["convert_msd", "-i", str(task), "-d", "108", "--workspace", str(workspace.root), "-j", "1"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "Traceback" not in err
+    assert "6 input problems:" in err
+    expected = {
+        img_tr / "brain_001.nii.gz": "truncated",
+        lab_tr / "brain_002.nii.gz": "shape (5, 6, 8) differs from its image brain_002.nii.gz (5, 6, 7)",
+        img_tr / "brain_003.nii.gz": "file is empty (0 bytes)",
+        lab_tr / "missing.nii.gz": "listed in",
+        img_ts / "brain_005.nii.gz": "holds 3 volume(s) but dataset.json's modality declares 2",
+        img_ts / "notes.txt": "MSD images must be NIfTI files",
+    }
+    for path, words in expected.items():
+        lines = [line for line in err.splitlines() if f"{path}:" in line]
+        assert len(lines) == 1 and words in lines[0], (path, err)
+    assert list(workspace.raw.iterdir()) == []  # no dataset, no temporary folder
+
+
+def test_used_dataset_id_is_named_with_the_source_problems(workspace, tmp_path, capsys):
+    task, _ = make_msd_task(tmp_path / "msd")
+    (workspace.raw / "Dataset007_Other").mkdir()
+    (task / "labelsTr" / "brain_001.nii.gz").write_bytes(b"")
+    assert main(["convert_msd", "-i", str(task), "--workspace", str(workspace.root), "-j", "2"]) == 1
+    err = capsys.readouterr().err
+    assert "2 input problems:" in err and "Traceback" not in err
+    assert f"{workspace.raw / 'Dataset007_Other'}: dataset id 007 is already used" in err
+    assert f"{task / 'labelsTr' / 'brain_001.nii.gz'}: file is empty (0 bytes)" in err
+    assert [p.name for p in workspace.raw.iterdir()] == ["Dataset007_Other"]

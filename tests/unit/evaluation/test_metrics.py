@@ -11,9 +11,11 @@ import pytest
 from scipy import ndimage
 from scipy.spatial.distance import cdist
 
+from autoseg.cli.main import main
 from autoseg.data.geometry import Geometry
-from autoseg.data.image_io import write_label
-from autoseg.errors import DatasetError, ImageIOError
+from autoseg.data.image_io import write_image, write_label
+from autoseg.errors import DatasetError
+from autoseg.evaluation import metrics
 from autoseg.evaluation.metrics import (
     case_metrics,
     evaluate_folder,
@@ -174,14 +176,74 @@ def test_save_evaluation_round_trip(folders, tmp_path):
 
 def test_evaluate_folder_errors_name_the_files(folders):
     ref, pred = folders
-    with pytest.raises(DatasetError, match=r"ref: reference missing for 1 case\(s\): c"):
+    with pytest.raises(DatasetError, match=r"ref/c.nii.gz: reference missing \(no such file\)"):
         _write_cases(pred, {"c": _label_map()})
         evaluate_folder(ref, pred, [1], ".nii.gz", jobs=1)
     (pred / "c.nii.gz").unlink()
-    with pytest.raises(DatasetError, match="prediction missing for 1 case"):
+    with pytest.raises(DatasetError, match="zz.nii.gz: prediction missing"):
         evaluate_folder(ref, pred, [1], ".nii.gz", case_ids=["a", "zz"], jobs=1)
     write_label(pred / "a.nii.gz", np.zeros((10, 10, 9), np.uint8), Geometry.identity())
-    with pytest.raises(ImageIOError, match=r"a.nii.gz: shape \(10, 10, 9\) differs from the reference"):
+    with pytest.raises(DatasetError, match=r"a.nii.gz: shape \(10, 10, 9\) differs from the reference"):
         evaluate_folder(ref, pred, [1], ".nii.gz", jobs=1)
     with pytest.raises(DatasetError, match="no predictions ending in '.png'"):
         evaluate_folder(ref, pred, [1], ".png", jobs=1)
+
+
+def test_evaluate_folder_names_every_bad_file_before_scoring(folders, monkeypatch):
+    """Missing, empty, truncated and mismatched files of several cases are all named in one error, and no case is
+    scored before (the metrics are never computed)."""
+    ref, pred = folders
+    _write_cases(ref, {c: _label_map((1, (2, 2, 2))) for c in ("c", "d", "e", "f")})
+    _write_cases(pred, {c: _label_map((1, (2, 2, 2))) for c in ("c", "d", "e", "g")})  # f: no prediction
+    (pred / "b.nii.gz").write_bytes(b"")
+    data = (ref / "c.nii.gz").read_bytes()
+    (ref / "c.nii.gz").write_bytes(data[: len(data) // 2])
+    write_label(pred / "d.nii.gz", np.zeros((10, 10, 9), np.uint8), Geometry.identity())
+    monkeypatch.setattr(metrics, "case_metrics", lambda *a, **k: pytest.fail("a case was scored"))
+    with pytest.raises(DatasetError) as info:
+        evaluate_folder(ref, pred, [1], ".nii.gz", case_ids=["a", "b", "c", "d", "e", "f", "g"], jobs=1)
+    lines = str(info.value).splitlines()
+    assert len(lines) == 6 and lines[0] == "5 input problems:", lines
+    assert lines[1] == f"  {pred / 'b.nii.gz'}: file is empty (0 bytes)"
+    assert lines[2].startswith(f"  {ref / 'c.nii.gz'}: ") and "truncated" in lines[2]
+    assert (
+        lines[3]
+        == f"  {pred / 'd.nii.gz'}: shape (10, 10, 9) differs from the reference {ref / 'd.nii.gz'} (10, 10, 10)"
+    )
+    assert lines[4] == f"  {pred / 'f.nii.gz'}: prediction missing (no such file)"
+    assert lines[5] == f"  {ref / 'g.nii.gz'}: reference missing (no such file)"
+
+
+def test_problems_found_while_scoring_are_named_together(folders):
+    """Non-integer label maps (visible only in the voxels) of two cases: both named at the end, nothing returned."""
+    ref, pred = folders
+    geo = Geometry.identity((2.0, 1.0, 1.0))
+    for folder, cid in ((pred, "a"), (ref, "b")):
+        write_label(folder / f"{cid}.nii.gz", np.zeros((10, 10, 10), np.uint8), geo)
+        arr = np.full((10, 10, 10), 0.5, np.float32)
+        write_image(folder / f"{cid}.nii.gz", arr, geo)
+    for jobs in (1, 2):
+        with pytest.raises(DatasetError) as info:
+            evaluate_folder(ref, pred, [1], ".nii.gz", jobs=jobs)
+        assert str(info.value).splitlines() == [
+            "2 input problems:",
+            f"  {pred / 'a.nii.gz'}: label map holds non-integer values; labels must be integers",
+            f"  {ref / 'b.nii.gz'}: label map holds non-integer values; labels must be integers",
+        ]
+
+
+def test_cli_evaluate_names_every_bad_file_and_writes_nothing(folders, tmp_path, capsys):
+    ref, pred = folders
+    _write_cases(ref, {"c": _label_map((1, (2, 2, 2)))})  # c: reference without a prediction
+    (pred / "a.nii.gz").write_bytes(b"")
+    (ref / "b.nii.gz").write_bytes(b"\x1f\x8b" + b"junk" * 50)
+    out = tmp_path / "metrics"
+    argv = ["evaluate", "--workspace", str(tmp_path / "ws"), "-r", str(ref), "-p", str(pred), "-o", str(out)]
+    rc = main(argv)  # no --labels: the labels would be read from the references, after the check
+    err = capsys.readouterr().err
+    assert rc == 1 and "Traceback" not in err
+    assert "3 input problems:" in err
+    assert f"{ref / 'c.nii.gz'}: reference has no prediction ({pred / 'c.nii.gz'} does not exist)" in err
+    assert f"{pred / 'a.nii.gz'}: file is empty (0 bytes)" in err
+    assert f"{ref / 'b.nii.gz'}: cannot be read" in err
+    assert not out.exists() and not list(pred.glob("*.csv")) and not list(pred.glob("*.json"))
