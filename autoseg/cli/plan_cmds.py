@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from autoseg.workspace import Workspace
+
 DESCRIPTION = """\
 Plans every configuration (2d; 3d_fullres for 3D data; 3d_lowres + 3d_cascade_fullres when the 3d_fullres patch
 covers < 25 % of the median image) from the dataset fingerprint alone, with nnU-Net v2's rules: target spacing,
@@ -55,7 +57,7 @@ def add_parsers(sub, common, fmt) -> None:
 
 
 def plans_name(args: argparse.Namespace) -> str:
-    """--name, else derived from the preset / budget so that variants never overwrite the default plans."""
+    """--name, else derived from the planner / preset / budget so that variants never overwrite the default plans."""
     from autoseg.errors import ConfigError
     from autoseg.planning.explain import fmt
 
@@ -63,13 +65,13 @@ def plans_name(args: argparse.Namespace) -> str:
         return args.name
     if args.set:
         raise ConfigError("--set writes a named plans variant: add --name NAME (e.g. --name bs4)")
-    name = args.preset or "default"
+    base = "_".join(n for n in (args.planner if args.planner != "default" else None, args.preset) if n)
     if args.gpu_memory is not None:
-        name = f"{args.preset + '_' if args.preset else ''}{fmt(args.gpu_memory)}gb"
-    return name
+        return f"{base + '_' if base else ''}{fmt(args.gpu_memory)}gb"
+    return base or "default"
 
 
-def run_plan(args, ws) -> int:
+def run_plan(args, ws: Workspace) -> int:
     from autoseg.cli.common import parse_set
     from autoseg.planning.explain import plans_table
     from autoseg.planning.planner import plan_and_save

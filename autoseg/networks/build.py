@@ -16,8 +16,19 @@ Adding your own network (no change to autoseg needed)::
 The module must have a boolean attribute `deep_supervision` (the trainer switches it off for inference) and its
 forward must return a list of logits, highest resolution first, while it is True (one per deep-supervision scale
 the data loader produces, i.e. one per decoder resolution: n_stages-1 for the plans' strides), else one tensor.
-Set a configuration's network name in plans.json to "my_net" (its params are passed through as spec.params) and
-pass `--plugin my_nets` (or AUTOSEG_PLUGINS=my_nets) so the module is imported before training or inference.
+For the planner to size "my_net" (patch and batch size for a GPU budget), register its memory estimate in the same
+module, with the reference values it was calibrated with (its own `MemoryReference`, or a built-in's name)::
+
+    from autoseg.networks.memory import register_memory_estimate
+
+    @register_memory_estimate("my_net", reference="unet")
+    def my_net_voxels(params, patch_size, in_channels, num_classes, deep_supervision=True) -> int:
+        ...  # feature-map voxels of one sample's forward pass
+
+then plan with it (``plan_dataset(fingerprint, network="my_net")``), or set a configuration's network name in
+plans.json to "my_net" (its params are passed through as spec.params: they are the network's keyword arguments).
+Pass `--plugin my_nets` (or AUTOSEG_PLUGINS=my_nets) so the module is imported; plans record the plugins imported
+when they were made and import them again when loaded.
 """
 
 from __future__ import annotations
@@ -28,6 +39,9 @@ from typing import Any
 from torch import nn
 
 from autoseg.errors import ConfigError
+from autoseg.networks.blocks import parse_unet_params
+from autoseg.networks.resenc import ResEncUNet
+from autoseg.networks.unet import PlainUNet
 from autoseg.registry import Registry
 
 NetworkBuilder = Callable[[Any, int, int, bool], nn.Module]
@@ -52,15 +66,9 @@ def build_network(spec, in_channels: int, num_classes: int, deep_supervision: bo
 
 @networks.register("unet")
 def build_plain_unet(spec, in_channels: int, num_classes: int, deep_supervision: bool = True) -> nn.Module:
-    from autoseg.networks.blocks import parse_unet_params
-    from autoseg.networks.unet import PlainUNet
-
     return PlainUNet(parse_unet_params(spec.params, spec.name), in_channels, num_classes, deep_supervision)
 
 
 @networks.register("resenc_unet")
 def build_resenc_unet(spec, in_channels: int, num_classes: int, deep_supervision: bool = True) -> nn.Module:
-    from autoseg.networks.blocks import parse_unet_params
-    from autoseg.networks.resenc import ResEncUNet
-
     return ResEncUNet(parse_unet_params(spec.params, spec.name), in_channels, num_classes, deep_supervision)

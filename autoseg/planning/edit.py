@@ -19,7 +19,7 @@ from autoseg.errors import PlansError
 from autoseg.planning.plans import Configuration, Plans
 from autoseg.serialization import from_json, to_json
 
-PREPROCESSING_FIELDS = ("spacing", "normalization", "use_mask_for_norm", "resampling")
+PREPROCESSING_FIELDS = ("spacing", "normalization", "normalization_kwargs", "use_mask_for_norm", "resampling")
 LINK_FIELDS = ("name", "previous_stage", "next_stage")
 FOLLOWERS = {"3d_fullres": ("3d_cascade_fullres",)}
 
@@ -48,7 +48,7 @@ def edit_configuration(cfg: Configuration, changes: Mapping[str, Any]) -> Config
     try:
         return from_json(Configuration, data)
     except ValueError as exc:
-        raise PlansError(f"configuration {cfg.name!r}: field {exc}") from None
+        raise PlansError(f"configuration {cfg.name!r}: field {exc}") from exc
 
 
 def apply_overrides(plans: Plans, overrides: Mapping[str, Any], name: str) -> tuple[Plans, list[str]]:
@@ -80,5 +80,5 @@ def apply_overrides(plans: Plans, overrides: Mapping[str, Any], name: str) -> tu
     try:
         variant = replace(plans, name=name, configurations=tuple(configs))
     except PlansError as exc:
-        raise PlansError(f"plans variant {name!r}: {exc}") from None
+        raise PlansError(f"plans variant {name!r}: {exc}") from exc
     return variant, notes

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from autoseg.planning.plans import Plans
+
 
 def fmt(value: float) -> str:
     """A number as a short, readable string: 3.0 -> '3', 0.625 -> '0.625', 3.2559999 -> '3.256'."""
@@ -24,7 +26,7 @@ def axes_text(values: Sequence[float], names: Sequence[str] | None = None) -> st
     return " x ".join(fmt(v) for v in values)
 
 
-def plans_table(plans) -> str:
+def plans_table(plans: Plans) -> str:
     """Compact table of a Plans' configurations (one line each) for the CLI."""
     head = ("configuration", "spacing", "median shape", "patch", "batch", "stages", "network", "data")
     rows = [head]

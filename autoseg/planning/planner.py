@@ -2,23 +2,33 @@
 
 `planners` maps names to planner classes ("default"); the residual-encoder presets ("resenc-m", "resenc-l",
 "resenc-xl") are settings of the same planner, chosen with `preset`. The planner never reads files.
+
+The network is sized by its registered memory model (`autoseg.networks.memory.network_memory`): its feature-map
+estimate and its reference values (how many voxels fit how many GB), unless the preset states its own reference
+values for its network. Any network with a registered estimate can be planned (``network=NAME``). Plans record the
+planner's registered name and the plugin modules imported when they were made.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from autoseg import __version__
-from autoseg.errors import ConfigError
+from autoseg.errors import ConfigError, FingerprintError
 from autoseg.fingerprint.fingerprint import DatasetFingerprint
-from autoseg.networks.memory import estimate_feature_map_voxels
+from autoseg.fingerprint.nnunet_compat import from_nnunet, is_nnunet_fingerprint
+from autoseg.networks.memory import MemoryReference, NetworkMemory, network_memory
 from autoseg.planning import topology as T
+from autoseg.planning.edit import apply_overrides
 from autoseg.planning.explain import axes_text, fmt
 from autoseg.planning.plans import SCHEMA_VERSION, Configuration, NetworkSpec, Plans
-from autoseg.registry import Registry
+from autoseg.registry import Registry, imported_plugins
+from autoseg.serialization import load_json
 
 planners: Registry[type] = Registry("planner")
 
@@ -30,11 +40,9 @@ class PlannerSettings:
     name: str = "default"
     network: str = "unet"
     gpu_memory_gb: float = 8.0  # the budget used when the caller gives none
-    reference_gb: float = 8.0  # GPU memory the reference values correspond to
-    reference_3d: float = 560e6  # feature-map voxels that fit `reference_gb` at batch size ref_batch_3d
-    reference_2d: float = 85e6
-    ref_batch_3d: int = 2
-    ref_batch_2d: int = 12
+    # feature-map voxels that fit how many GB at which batch size, for `network`; None: the network's registered
+    # reference values (the plain U-Net's: 560e6 3D / 85e6 2D at 8 GB, batch 2 / 12)
+    reference: MemoryReference | None = None
     shrink_until_batch_2: bool = True  # shrink while estimate / ref_batch * 2 > reference (else estimate > reference)
     max_dataset_covered: float = 0.05  # 1.0 removes the 5 % cap
     encoder_blocks: tuple[int, ...] = (2,)  # per stage; the last value repeats for deeper stages
@@ -59,14 +67,33 @@ _RESENC = PlannerSettings(
 )
 PRESETS: dict[str | None, PlannerSettings] = {
     None: PlannerSettings(),
-    "resenc-m": replace(_RESENC, name="resenc-m", reference_3d=680e6, reference_2d=135e6),
-    "resenc-l": replace(
-        _RESENC, name="resenc-l", gpu_memory_gb=24.0, reference_gb=24.0, reference_3d=2.1e9, reference_2d=380e6
-    ),
-    "resenc-xl": replace(
-        _RESENC, name="resenc-xl", gpu_memory_gb=40.0, reference_gb=40.0, reference_3d=3.6e9, reference_2d=560e6
-    ),
+    "resenc-m": replace(_RESENC, name="resenc-m"),  # resenc_unet's registered reference: 680e6 / 135e6 at 8 GB
+    "resenc-l": replace(_RESENC, name="resenc-l", gpu_memory_gb=24.0, reference=MemoryReference(2.1e9, 380e6, 24.0)),
+    "resenc-xl": replace(_RESENC, name="resenc-xl", gpu_memory_gb=40.0, reference=MemoryReference(3.6e9, 560e6, 40.0)),
 }
+
+
+def memory_reference(settings: PlannerSettings, network: str) -> MemoryReference:
+    """The reference values the planner sizes `network` with: the settings' own when they were stated for that
+    network (the ResEnc L/XL presets), else the network's registered ones (ConfigError if it has none)."""
+    if settings.reference is not None and network == settings.network:
+        return settings.reference
+    return network_memory(network).reference
+
+
+def planner_label(name: str, preset: str | None) -> str:
+    """What plans record as their planner: the registered name; with a preset, the preset for the default planner
+    ("resenc-m", as `--preset` names it) and "NAME:PRESET" for any other planner."""
+    if not preset:
+        return name
+    return preset if name == "default" else f"{name}:{preset}"
+
+
+def plans_memory_reference(plans: Plans, network: str) -> MemoryReference:
+    """The reference values plans made by the built-in planner sized `network` with (their preset's or the
+    network's registered ones); for tools that re-derive the planner's memory model, e.g. the benchmark."""
+    preset = plans.planner.rpartition(":")[2]
+    return memory_reference(PRESETS.get(preset if preset in PRESETS else None, PRESETS[None]), network)
 
 
 def _per_stage(values: tuple[int, ...], n: int) -> list[int]:
@@ -76,6 +103,9 @@ def _per_stage(values: tuple[int, ...], n: int) -> list[int]:
 @dataclass(frozen=True)
 class _Context:
     settings: PlannerSettings
+    network: str  # registry name of the planned network
+    memory: NetworkMemory  # its feature-map estimate
+    reference: MemoryReference  # the reference values it is sized with
     gpu_memory_gb: float
     n_channels: int
     n_classes: int
@@ -112,10 +142,9 @@ class DefaultPlanner:
         }
 
     def estimate(self, ctx: _Context, topo: T.Topology) -> int:
+        """Feature-map voxels of the planned network (without deep supervision, as nnU-Net's planner counts)."""
         params = self.network_params(ctx.settings, topo)
-        return estimate_feature_map_voxels(
-            ctx.settings.network, params, topo.patch_size, ctx.n_channels, ctx.n_classes, deep_supervision=False
-        )
+        return int(ctx.memory.estimate(params, topo.patch_size, ctx.n_channels, ctx.n_classes, False))
 
     def plan_configuration(
         self,
@@ -128,8 +157,8 @@ class DefaultPlanner:
     ) -> tuple[Configuration, list[str]]:
         s, dim = ctx.settings, len(spacing)
         names = ctx.axis_names[-dim:]
-        reference = (s.reference_3d if dim == 3 else s.reference_2d) * ctx.gpu_memory_gb / s.reference_gb
-        ref_bs = s.ref_batch_3d if dim == 3 else s.ref_batch_2d
+        reference = ctx.reference.voxels(dim) * ctx.gpu_memory_gb / ctx.reference.gpu_gb
+        ref_bs = ctx.reference.batch(dim)
         factor = 2.0 / ref_bs if s.shrink_until_batch_2 else 1.0
         initial = T.initial_patch_size(spacing, median_shape)
         topo = T.pool_schedule(spacing, initial, s.min_edge)
@@ -161,7 +190,7 @@ class DefaultPlanner:
             batch_dice=True,
             normalization=ctx.normalization,
             use_mask_for_norm=ctx.use_mask_for_norm,
-            network=NetworkSpec(s.network, self.network_params(s, topo)),
+            network=NetworkSpec(ctx.network, self.network_params(s, topo)),
         )
         return cfg, why
 
@@ -207,13 +236,22 @@ class DefaultPlanner:
         fingerprint: DatasetFingerprint,
         gpu_memory_gb: float | None = None,
         preset: str | None = None,
-        plans_name: str = "default",
+        plans_name: str | None = None,
+        network: str | None = None,
     ) -> tuple[Plans, list[str]]:
-        """Plan every configuration; `gpu_memory_gb` None means the preset's target (8 GB for the default)."""
+        """Plan every configuration; `gpu_memory_gb` None means the preset's target (8 GB for the default).
+
+        plans_name None: "default" for the default planner, else the planner's registered name (so a plugin
+        planner's plans never overwrite the default ones). network: registry name of the network to plan (None:
+        the preset's); it needs a registered memory estimate (ConfigError listing the networks that have one)."""
         s = self.settings_for(preset)
         gpu = float(gpu_memory_gb if gpu_memory_gb is not None else s.gpu_memory_gb)
         if gpu <= 0:
             raise ConfigError(f"--gpu-memory must be positive, got {gpu}")
+        registered = planners.name_of(type(self)) or type(self).__name__
+        plans_name = plans_name or registered
+        net = network or s.network
+        memory, reference = network_memory(net), memory_reference(s, net)
         spacings, shapes = fingerprint.spacings, fingerprint.shapes_after_crop
         if len(spacings) == 0:
             raise ConfigError(f"fingerprint of {fingerprint.dataset} has no cases; nothing to plan")
@@ -224,15 +262,15 @@ class DefaultPlanner:
             fingerprint.channel_names, fingerprint.median_relative_size_after_cropping
         )
         ctx = _Context(
-            s, gpu, len(fingerprint.channel_names), len(fingerprint.labels), norm, masks,
+            s, net, memory, reference, gpu, len(fingerprint.channel_names), len(fingerprint.labels), norm, masks,
             tuple(T.AXIS_NAMES[i] for i in tf),
         )  # fmt: skip
         median_shape = T.median_resampled_shape(spacings, shapes, target)[tf_idx]
         spacing_t = target[tf_idx]
         n_voxels = float(np.prod(median_shape, dtype=np.float64) * fingerprint.num_training)
         why = [
-            f"planner {type(self).__name__}{' preset ' + s.name if preset else ''}, network {s.network}, "
-            f"GPU memory {fmt(gpu)} GB",
+            f"planner {type(self).__name__}{'' if registered == 'default' else f' ({registered!r})'}"
+            f"{' preset ' + s.name if preset else ''}, network {net}, GPU memory {fmt(gpu)} GB",
             why_spacing,
             why_transpose,
             *why_norm,
@@ -262,12 +300,13 @@ class DefaultPlanner:
             schema_version=SCHEMA_VERSION,
             name=plans_name,
             dataset=fingerprint.dataset,
-            planner=s.name if preset else "default",
+            planner=planner_label(registered, preset),
             transpose=tuple(int(i) for i in tf),
             original_median_spacing=tuple(float(v) for v in fingerprint.median_spacing[tf_idx]),
             original_median_shape=tuple(int(round(float(v))) for v in fingerprint.median_shape_after_crop[tf_idx]),
             gpu_memory_gb=gpu,
             configurations=tuple(configs),
+            plugins=imported_plugins(),
             autoseg_version=__version__,
             intensity=tuple(fingerprint.intensity),  # the "ct" normaliser's clipping bounds, mean and std
         )
@@ -279,27 +318,26 @@ def plan_dataset(
     planner: str = "default",
     gpu_memory_gb: float | None = None,
     preset: str | None = None,
-    plans_name: str = "default",
+    plans_name: str | None = None,
+    *,
+    network: str | None = None,
+    planner_kwargs: Mapping[str, Any] | None = None,
 ) -> tuple[Plans, list[str]]:
-    """Plan with the registered planner `planner` (a class with a `plan` method like DefaultPlanner's)."""
-    make: Callable[[], DefaultPlanner] = planners.get(planner)
-    return make().plan(fingerprint, gpu_memory_gb=gpu_memory_gb, preset=preset, plans_name=plans_name)
+    """Plan with the registered planner `planner` (a class with a `plan` method like DefaultPlanner's), constructed
+    with `planner_kwargs` (checked against its signature). plans_name None: see `DefaultPlanner.plan`."""
+    made: DefaultPlanner = planners.create(planner, kwargs=planner_kwargs)
+    return made.plan(fingerprint, gpu_memory_gb=gpu_memory_gb, preset=preset, plans_name=plans_name, network=network)
 
 
 # ---- file-level entry points (the planner classes above never read files) --------------------------------------------
 def load_fingerprint_file(path) -> DatasetFingerprint:
     """An autoseg fingerprint, or nnU-Net's dataset_fingerprint.json (with its dataset.json beside it)."""
-    from pathlib import Path
-
-    from autoseg.errors import FingerprintError
-    from autoseg.fingerprint.nnunet_compat import from_nnunet, is_nnunet_fingerprint
-    from autoseg.serialization import load_json
 
     path = Path(path)
     try:
         data = load_json(path)
     except ValueError as exc:
-        raise FingerprintError(str(exc)) from None
+        raise FingerprintError(str(exc)) from exc
     return from_nnunet(path) if is_nnunet_fingerprint(data) else DatasetFingerprint.load(path)
 
 
@@ -309,15 +347,15 @@ def plan_and_save(
     planner: str = "default",
     gpu_memory_gb: float | None = None,
     preset: str | None = None,
-    plans_name: str = "default",
+    plans_name: str | None = None,
     overrides: dict | None = None,
+    *,
+    network: str | None = None,
 ) -> tuple[Plans, list[str]]:
     """Load a fingerprint, plan, apply `--set` overrides (as variant `plans_name`), save to `out_path` if given."""
-    from autoseg.planning.edit import apply_overrides
-
     fp = load_fingerprint_file(fingerprint_path)
-    base_name = "default" if overrides else plans_name
-    plans, why = plan_dataset(fp, planner, gpu_memory_gb, preset, base_name)
+    base_name = None if overrides else plans_name
+    plans, why = plan_dataset(fp, planner, gpu_memory_gb, preset, base_name, network=network)
     if overrides:
         plans, notes = apply_overrides(plans, overrides, plans_name)
         why += [f"--set {n}" for n in notes]

@@ -3,17 +3,21 @@
 All spacings, shapes, patch sizes, kernel sizes and strides are in the plans' transposed axis order
 (`Plans.transpose`: the coarsest axis first). A 2d configuration holds 2 values per axis field (the last two
 transposed axes). Loading validates every field; an invariant that fails names the configuration and the field.
+Loading also imports the plugin modules the plans recorded (`Plans.plugins`); one that is missing is an error
+naming it.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from autoseg.errors import PlansError
 from autoseg.fingerprint.fingerprint import IntensityStats
+from autoseg.registry import import_recorded_plugins
 from autoseg.serialization import from_json, load_json, save_json
 
 SCHEMA_VERSION = 1
@@ -21,7 +25,8 @@ SCHEMA_VERSION = 1
 
 @dataclass(frozen=True)
 class NetworkSpec:
-    """Which network (registry name) and its JSON-safe constructor parameters.
+    """Which network (registry name) and its JSON-safe constructor parameters (the network's keyword arguments:
+    the registered builder receives the spec and passes them on).
 
     Parameters of the built-in U-Nets: n_stages, features_per_stage, kernel_sizes, strides, n_conv_per_stage
     (or n_blocks_per_stage for residual encoders), n_conv_per_stage_decoder, conv_bias, norm, nonlin.
@@ -55,6 +60,8 @@ class Configuration:
     resampling: Resampling = field(default_factory=Resampling)
     previous_stage: str | None = None  # cascade: configuration whose predictions are extra inputs
     next_stage: str | None = None
+    # keyword arguments of each channel's normalizer (one object per channel), or () for none
+    normalization_kwargs: tuple[dict[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
         where = f"configuration {self.name!r}"
@@ -68,6 +75,11 @@ class Configuration:
             raise PlansError(f"{where}: batch_size must be >= 1, got {self.batch_size}")
         if len(self.normalization) != len(self.use_mask_for_norm):
             raise PlansError(f"{where}: normalization and use_mask_for_norm must have one entry per channel")
+        if self.normalization_kwargs and len(self.normalization_kwargs) != len(self.normalization):
+            raise PlansError(
+                f"{where}: normalization_kwargs must have one object per channel ({len(self.normalization)}), "
+                f"got {len(self.normalization_kwargs)}"
+            )
         strides = self.network.params.get("strides")
         if strides is not None:
             for axis in range(ndim):
@@ -88,13 +100,13 @@ class Plans:
     schema_version: int
     name: str  # "default", "bs4", ...; part of the results path
     dataset: str
-    planner: str
+    planner: str  # the planner's registered name; the default planner with a preset records the preset ("resenc-m")
     transpose: tuple[int, ...]  # forward transpose of the spatial axes (z, y, x) -> training order
     original_median_spacing: tuple[float, ...]  # transposed
     original_median_shape: tuple[int, ...]  # transposed, after crop
     gpu_memory_gb: float
     configurations: tuple[Configuration, ...]
-    plugins: tuple[str, ...] = ()
+    plugins: tuple[str, ...] = ()  # plugin modules imported when the plans were made; Plans.load imports them again
     autoseg_version: str = ""
     # per input channel: the dataset's foreground intensity statistics (used by the "ct" normaliser); None: not stored
     intensity: tuple[IntensityStats, ...] | None = None
@@ -126,6 +138,11 @@ class Plans:
                 return c
         raise PlansError(f"plans {self.name!r} have no configuration {name!r}; available: {', '.join(self.names())}")
 
+    def with_plugins(self, modules: Sequence[str]) -> Plans:
+        """These plans with `modules` added to their plugins (order kept, no duplicates)."""
+        merged = tuple(dict.fromkeys((*self.plugins, *modules)))
+        return self if merged == self.plugins else replace(self, plugins=merged)
+
     def save(self, path: str | Path) -> Path:
         return save_json(path, self)
 
@@ -134,7 +151,7 @@ class Plans:
         try:
             data = load_json(path)
         except ValueError as exc:
-            raise PlansError(str(exc)) from None
+            raise PlansError(str(exc)) from exc
         version = data.get("schema_version") if isinstance(data, dict) else None
         if version != SCHEMA_VERSION:
             raise PlansError(
@@ -142,6 +159,8 @@ class Plans:
                 "re-run `autoseg plan -d N`"
             )
         try:
-            return from_json(cls, data)
+            plans = from_json(cls, data)
         except (ValueError, PlansError) as exc:
-            raise PlansError(f"{path}: {exc}") from None
+            raise PlansError(f"{path}: {exc}") from exc
+        import_recorded_plugins(plans.plugins, f"plans {path}")
+        return plans

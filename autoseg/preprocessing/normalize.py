@@ -1,4 +1,4 @@
-"""Per-channel intensity normalisation schemes (nnunet-rules.md d.4), applied BEFORE resampling.
+"""Per-channel intensity normalisation schemes (docs/planning.md, rule 4), applied BEFORE resampling.
 
 A normaliser is ``fn(channel, seg, use_mask, stats) -> float32 array`` with `channel` (Z, Y, X), `seg` the cropped
 label map (-1 marks voxels outside the nonzero mask; None for none), `use_mask` the plans' ``use_mask_for_norm`` of
@@ -15,7 +15,8 @@ nnU-Net's names (CTNormalization, ZScoreNormalization, NoNormalization, noNorm, 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -113,12 +114,15 @@ def normalize(
     schemes: tuple[str, ...],
     use_mask: tuple[bool, ...],
     stats: tuple | None = None,
+    kwargs: Sequence[Mapping[str, Any]] = (),
 ) -> np.ndarray:
-    """Normalise every channel of `image` (C, Z, Y, X) with its scheme -> new float32 array."""
+    """Normalise every channel of `image` (C, Z, Y, X) with its scheme -> new float32 array.
+
+    kwargs: per channel, the scheme's keyword arguments (the plans' ``normalization_kwargs``; () for none)."""
     if len(schemes) != image.shape[0]:
         raise ConfigError(f"{len(schemes)} normalisation schemes for an image with {image.shape[0]} channels")
     out = np.empty(image.shape, dtype=np.float32)
     for c, (scheme, masked) in enumerate(zip(schemes, use_mask)):
-        fn = normalizers.get(resolve_scheme(scheme))
-        out[c] = fn(image[c], seg, bool(masked), stats[c] if stats is not None else None)
+        args = (image[c], seg, bool(masked), stats[c] if stats is not None else None)
+        out[c] = normalizers.create(resolve_scheme(scheme), *args, kwargs=kwargs[c] if kwargs else None)
     return out

@@ -18,8 +18,9 @@ linearly (as nnU-Net v2's grid_sample does) and labels with nearest neighbour.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from batchgenerators.transforms.abstract_transforms import AbstractTransform, Compose
@@ -32,9 +33,11 @@ from batchgenerators.transforms.noise_transforms import GaussianBlurTransform, G
 from batchgenerators.transforms.resample_transforms import SimulateLowResolutionTransform
 from batchgenerators.transforms.spatial_transforms import MirrorTransform, SpatialTransform
 from batchgenerators.transforms.utility_transforms import RemoveLabelTransform
+from scipy import ndimage
 
+from autoseg.planning.plans import Configuration
+from autoseg.preprocessing.cascade import one_hot
 from autoseg.registry import Registry
-from autoseg.training.cascade import one_hot
 
 DUMMY_2D_ASPECT = 3.0  # 3D patches with max(patch) / patch[0] above this are augmented in-plane only
 MIN_SCALE_FOR_INITIAL_PATCH = 0.85  # the sampler's larger crop covers rotation and zoom-out down to this scale
@@ -109,7 +112,7 @@ def initial_patch_size(patch_size: Sequence[int], rotation: float, dummy_2d: boo
     return tuple(int(v) for v in np.maximum(size, patch.astype(int)))
 
 
-def augment_spec(configuration, deep_supervision: bool = True, prev_stage_labels=()) -> AugmentSpec:
+def augment_spec(configuration: Configuration, deep_supervision: bool = True, prev_stage_labels=()) -> AugmentSpec:
     """AugmentSpec of a plans `Configuration` (patch size, network strides, use_mask_for_norm); a cascade stage
     passes its foreground labels as `prev_stage_labels`."""
     patch = tuple(int(v) for v in configuration.patch_size)
@@ -126,8 +129,9 @@ def augment_spec(configuration, deep_supervision: bool = True, prev_stage_labels
     )
 
 
-def build_pipeline(name: str, spec: AugmentSpec) -> Pipeline:
-    return augmentations.get(name)(spec)
+def build_pipeline(name: str, spec: AugmentSpec, kwargs: Mapping[str, Any] | None = None) -> Pipeline:
+    """The registered pipeline `name` for `spec`, given `kwargs` (TrainConfig.augmentation_kwargs), checked."""
+    return augmentations.create(name, spec, kwargs=kwargs)
 
 
 class _SlicesToChannels(AbstractTransform):
@@ -205,8 +209,6 @@ class PrevStageToData(AbstractTransform):
         return batch
 
     def _degrade(self, hot: np.ndarray) -> None:
-        from scipy import ndimage
-
         for c in range(hot.shape[0]):
             if np.random.uniform() < self.p_morph:
                 iterations = int(np.random.randint(1, 9))

@@ -3,14 +3,19 @@
 Defaults follow nnU-Net v2's trainer (1000 epochs x 250 iterations, SGD Nesterov 0.99, lr 1e-2, poly 0.9, weight
 decay 3e-5, gradient clipping 12, 33 % foreground oversampling). The config used is saved as
 ``fold_k/train_config.json`` and inside every checkpoint.
+
+Every registered component named here (loss, optimizer, augmentation) and the trainer class take keyword arguments
+from the matching ``*_kwargs`` field: ``--set loss_kwargs.weight_ce=2`` (one key) or
+``--set 'loss_kwargs={"weight_ce": 2}'`` (the whole object). They are checked against the component's signature
+when it is built; an unknown keyword is an error naming the component and the keyword.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, get_origin, get_type_hints
 
 from autoseg.errors import ConfigError
 from autoseg.serialization import from_json, load_json, save_json
@@ -39,6 +44,11 @@ class TrainConfig:
     val_tta: bool = True  # mirror test-time augmentation in end-of-fold validation
     validate_at_end: bool = True  # full-volume validation of the fold's cases after training
     save_probabilities: bool = True  # fold_k/validation/<case>.npz for ensembling
+    # keyword arguments of the components above and of the trainer class (see the module docstring)
+    loss_kwargs: dict[str, Any] = field(default_factory=dict)
+    optimizer_kwargs: dict[str, Any] = field(default_factory=dict)
+    augmentation_kwargs: dict[str, Any] = field(default_factory=dict)
+    trainer_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         checks = [
@@ -62,16 +72,35 @@ class TrainConfig:
     def names(cls) -> list[str]:
         return [f.name for f in dataclasses.fields(cls)]
 
+    @classmethod
+    def kwargs_names(cls) -> list[str]:
+        """The ``*_kwargs`` fields (keyword arguments of registered components)."""
+        return [n for n in cls.names() if n.endswith("_kwargs")]
+
 
 def apply_overrides(cfg: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
-    """Return `cfg` with `overrides` applied; names and types are checked (an int is accepted for a float)."""
+    """Return `cfg` with `overrides` applied; names and types are checked (an int is accepted for a float).
+
+    ``FIELD_kwargs.KEY`` sets one keyword argument of a component; ``FIELD_kwargs`` replaces the whole object."""
     hints = get_type_hints(TrainConfig)
     valid = TrainConfig.names()
     changes: dict[str, Any] = {}
     for key, value in overrides.items():
+        owner, dot, kw = key.partition(".")
+        if dot and owner in TrainConfig.kwargs_names() and kw.isidentifier():
+            changes.setdefault(owner, dict(getattr(cfg, owner)))[kw] = value
+            continue
         if key not in hints:
             raise ConfigError(f"unknown training setting {key!r}; valid names: {', '.join(valid)}")
         tp = hints[key]
+        if get_origin(tp) is dict:
+            if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+                raise ConfigError(
+                    f"training setting {key}={value!r} must be a JSON object, e.g. --set '{key}={{\"name\": 1}}' "
+                    f"or one keyword with --set {key}.name=1"
+                )
+            changes[key] = dict(value)
+            continue
         if tp is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if tp is bool and isinstance(value, str) and value.lower() in ("true", "false"):
@@ -93,11 +122,11 @@ def load_train_config(path: str | Path) -> TrainConfig:
     try:
         return from_json(TrainConfig, load_json(path))
     except ValueError as exc:
-        raise ConfigError(f"{path}: invalid train config: {exc}") from None
+        raise ConfigError(f"{path}: invalid train config: {exc}") from exc
 
 
 def config_from_dict(data: dict[str, Any], where: str = "checkpoint") -> TrainConfig:
     try:
         return from_json(TrainConfig, data)
     except ValueError as exc:
-        raise ConfigError(f"{where}: invalid train config: {exc}") from None
+        raise ConfigError(f"{where}: invalid train config: {exc}") from exc

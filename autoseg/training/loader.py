@@ -16,15 +16,17 @@ from __future__ import annotations
 import os
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from autoseg.log import logger
+from autoseg.planning.plans import Configuration
 from autoseg.training.augment import AugmentSpec, augment_spec, build_pipeline
 from autoseg.training.sampling import PatchSampler, check_cases
 
@@ -55,8 +57,9 @@ class BatchSource:
         seed: int | Sequence[int],
         stream: int,
         prev_stage: str | Path | None = None,
+        augmentation_kwargs: Mapping[str, Any] | None = None,
     ):
-        self.pipeline = build_pipeline(augmentation, spec)
+        self.pipeline = build_pipeline(augmentation, spec, augmentation_kwargs)
         size = self.pipeline.sample_size
         self.sampler = PatchSampler(folder, case_ids, size, oversample, spec.patch_size, prev_stage)
         self.batch_size, self.stream = int(batch_size), int(stream)
@@ -197,7 +200,7 @@ def make_loaders(
     folder: str | Path,
     train_ids: Sequence[str],
     val_ids: Sequence[str],
-    configuration,
+    configuration: Configuration,
     train_config=None,
     num_workers: int | None = None,
     *,
@@ -228,9 +231,11 @@ def make_loaders(
     Returns:
         (train_iter, val_iter), infinite; batches are identical for every `num_workers` given the seed.
     """
+    augmentation_kwargs = None
     if train_config is not None:
         oversample_foreground = train_config.oversample_foreground
         seed, augmentation = train_config.seed, train_config.augmentation
+        augmentation_kwargs = getattr(train_config, "augmentation_kwargs", None)
         deep_supervision = train_config.deep_supervision
         batch_size = batch_size or getattr(train_config, "batch_size", 0) or None
     batch_size = int(batch_size or configuration.batch_size)
@@ -239,7 +244,8 @@ def make_loaders(
     spec = augment_spec(configuration, deep_supervision, prev_stage_labels if prev_stage is not None else ())
     common = dict(spec=spec, batch_size=batch_size, oversample=oversample_foreground, seed=[seed, *seed_key])
     common["prev_stage"] = prev_stage
-    train = BatchSource(folder, train_ids, augmentation=augmentation, stream=TRAIN_STREAM, **common)
+    aug = dict(augmentation=augmentation, augmentation_kwargs=augmentation_kwargs)
+    train = BatchSource(folder, train_ids, stream=TRAIN_STREAM, **aug, **common)
     val_ids = list(val_ids) or list(train_ids)
     val = BatchSource(folder, val_ids, augmentation="none", stream=VAL_STREAM, **common)
     pin = bool(pin_memory) and torch.cuda.is_available()
@@ -253,7 +259,7 @@ def make_loaders(
 def benchmark_loader(
     folder: str | Path,
     case_ids: Sequence[str],
-    configuration,
+    configuration: Configuration,
     *,
     batch_size: int | None = None,
     augmentation: str = "default",

@@ -14,7 +14,8 @@ nn.Module`` and set ``--set loss=my_loss``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -101,18 +102,33 @@ def _split_ignore(target: torch.Tensor, ignore_label: int | None) -> tuple[torch
     return torch.where(valid, target, torch.zeros_like(target)), valid
 
 
-losses.register(
-    "dice_ce", lambda num_classes, batch_dice, ignore_label=None: DiceCELoss(batch_dice, ignore_label=ignore_label)
-)
+@losses.register("dice_ce")
+def _dice_ce(
+    num_classes: int,
+    batch_dice: bool,
+    ignore_label: int | None = None,
+    weight_ce: float = 1.0,
+    weight_dice: float = 1.0,
+) -> nn.Module:
+    return DiceCELoss(batch_dice, weight_ce, weight_dice, ignore_label)
+
+
 losses.register(
     "dice", lambda num_classes, batch_dice, ignore_label=None: SoftDiceLoss(batch_dice, ignore_label=ignore_label)
 )
 losses.register("ce", lambda num_classes, batch_dice, ignore_label=None: CrossEntropyLoss(ignore_label))
 
 
-def build_loss(name: str, num_classes: int, batch_dice: bool, ignore_label: int | None = None) -> nn.Module:
-    """The registered loss `name` (unknown name: ConfigError listing the known ones)."""
-    return losses.get(name)(num_classes, batch_dice, ignore_label)
+def build_loss(
+    name: str,
+    num_classes: int,
+    batch_dice: bool,
+    ignore_label: int | None = None,
+    kwargs: Mapping[str, Any] | None = None,
+) -> nn.Module:
+    """The registered loss `name` (unknown name: ConfigError listing the known ones), given `kwargs`
+    (TrainConfig.loss_kwargs, checked against the builder's signature, e.g. "dice_ce": weight_ce, weight_dice)."""
+    return losses.create(name, num_classes, batch_dice, ignore_label, kwargs=kwargs)
 
 
 def deep_supervision_weights(n: int) -> list[float]:

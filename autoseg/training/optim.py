@@ -26,7 +26,8 @@ def _adamw(params, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    return optimizers.get(cfg.optimizer)(model.parameters(), cfg)
+    """The registered optimizer `cfg.optimizer`, given `cfg.optimizer_kwargs` (checked against its signature)."""
+    return optimizers.create(cfg.optimizer, model.parameters(), cfg, kwargs=cfg.optimizer_kwargs)
 
 
 def poly_lr(base_lr: float, epoch: int, epochs: int, exponent: float = 0.9) -> float:

@@ -7,6 +7,7 @@ import json
 import pytest
 from test_nnunet_agreement import CASES_DIR
 
+from autoseg.errors import ConfigError
 from autoseg.networks.memory import estimate_feature_map_voxels
 
 
@@ -54,7 +55,7 @@ def test_matches_nnunet_planner_count(plans_file, config, channels, expected):
 
 
 def test_unknown_network_and_wrong_dimensionality():
-    with pytest.raises(ValueError, match="no feature-map estimate for network 'vnet'"):
+    with pytest.raises(ConfigError, match="no feature-map estimate for network 'vnet'.*estimate: resenc_unet, unet"):
         estimate_feature_map_voxels("vnet", params((2, 4), (1, 1), 1), (4, 4), 1, 2)
     with pytest.raises(ValueError, match="does not match the 2-D strides"):
         estimate_feature_map_voxels("unet", params((2, 4), (1, 1), 1), (4, 4, 4), 1, 2)
