@@ -28,18 +28,26 @@ import numpy as np
 import torch
 
 from autoseg.errors import ConfigError
+from autoseg.inference.sliding_window import sliding_window_logits
 from autoseg.log import logger
+from autoseg.networks.memory import estimate_feature_map_voxels
+from autoseg.planning.planner import plans_memory_reference
+from autoseg.planning.plans import Configuration, Plans
+from autoseg.preprocessing.cascade import with_prev_stage
+from autoseg.preprocessing.storage import list_cases, load_case
 from autoseg.serialization import save_json
+from autoseg.training.config import TrainConfig
+from autoseg.training.context import FoldContext, fold_context, setup_runtime
+from autoseg.training.loader import benchmark_loader, default_num_workers
+from autoseg.training.loop import StepContext, compute_loss, train_step
+from autoseg.training.trainer import trainers
+from autoseg.workspace import Workspace
 
 WARMUP_ITERATIONS = 2
 
 
-def _context(ws, dataset: str, configuration: str, plans_name: str, trainer: str):
+def _context(ws: Workspace, dataset: str, configuration: str, plans_name: str, trainer: str):
     """(fold context over all cases, Plans) of the configuration; clear errors when nothing is preprocessed."""
-    from autoseg.planning.plans import Plans
-    from autoseg.preprocessing.storage import list_cases
-    from autoseg.training.context import fold_context
-
     name = ws.resolve(dataset)
     number = ws.dataset_number(name)
     plans_file = ws.plans_file(name, plans_name)
@@ -58,24 +66,21 @@ def _context(ws, dataset: str, configuration: str, plans_name: str, trainer: str
     return fold_context(ws, name, plans, configuration, "all", trainer, write=False), plans
 
 
-def planner_memory_estimate(plans, configuration, batch_size: int, in_channels: int, num_classes: int) -> dict:
+def planner_memory_estimate(
+    plans: Plans, configuration: Configuration, batch_size: int, in_channels: int, num_classes: int
+) -> dict:
     """The planner's GPU-memory model for this configuration: feature-map voxels and the GB they stand for."""
-    from autoseg.networks.memory import estimate_feature_map_voxels
-    from autoseg.planning.planner import PRESETS
-
-    settings = PRESETS.get(plans.planner if plans.planner in PRESETS else None, PRESETS[None])
     net = configuration.network
     try:
         voxels = estimate_feature_map_voxels(
             net.name, net.params, configuration.patch_size, in_channels, num_classes, deep_supervision=False
         )
-    except (ValueError, KeyError) as exc:  # a custom network the planner has no model for
+        ref = plans_memory_reference(plans, net.name)
+    except (ConfigError, ValueError, KeyError) as exc:  # a custom network the planner has no model for
         logger.info(f"no planner memory estimate: {exc}")
         return {"feature_map_voxels": None, "estimate_gb": None, "planned_budget_gb": plans.gpu_memory_gb}
-    dim3 = configuration.ndim == 3
-    reference = settings.reference_3d if dim3 else settings.reference_2d
-    ref_batch = settings.ref_batch_3d if dim3 else settings.ref_batch_2d
-    gb = voxels * batch_size / ref_batch / reference * settings.reference_gb
+    dim = configuration.ndim
+    gb = voxels * batch_size / ref.batch(dim) / ref.voxels(dim) * ref.gpu_gb
     return {"feature_map_voxels": int(voxels), "estimate_gb": float(gb), "planned_budget_gb": plans.gpu_memory_gb}
 
 
@@ -100,8 +105,6 @@ def _to_device(batch, device: torch.device):
 
 def _training_times(trainer, device: torch.device, iterations: int) -> tuple[dict, torch.nn.Module]:
     """Seconds per train iteration with loading / with a fixed batch, per val iteration; peak memory on CUDA."""
-    from autoseg.training.loop import StepContext, compute_loss, train_step
-
     model = trainer.build_network().to(device)
     optimizer = trainer.build_optimizer(model)
     scaler = torch.amp.GradScaler("cuda", enabled=trainer.amp)
@@ -143,20 +146,16 @@ def _training_times(trainer, device: torch.device, iterations: int) -> tuple[dic
 
 
 def _median_case(folder: Path) -> str:
-    from autoseg.preprocessing.storage import list_cases
-
     ids = list_cases(folder)
     sizes = [np.load(folder / f"{c}.npy", mmap_mode="r").size for c in ids]
     return ids[int(np.argsort(sizes)[len(sizes) // 2])]
 
 
-def _inference_times(model: torch.nn.Module, configuration, folder: Path, device: torch.device, fc=None) -> dict:
+def _inference_times(
+    model: torch.nn.Module, configuration: Configuration, folder: Path, device: torch.device, fc: FoldContext = None
+) -> dict:
     """Sliding-window seconds of the median-sized preprocessed case without and with mirror TTA (a cascade stage:
     with its previous-stage channels from `fc`)."""
-    from autoseg.inference.sliding_window import sliding_window_logits
-    from autoseg.preprocessing.storage import load_case
-    from autoseg.training.cascade import with_prev_stage
-
     case_id = _median_case(folder)
     data = np.array(load_case(folder, case_id, mmap=False, with_locations=False).data)
     if fc is not None and fc.prev_stage_folder is not None:
@@ -206,7 +205,7 @@ def full_training_estimate(train: dict, epochs: int, iterations: int, val_iterat
 
 
 def run_benchmark(
-    ws,
+    ws: Workspace,
     dataset: str,
     configuration: str,
     plans_name: str = "default",
@@ -219,11 +218,6 @@ def run_benchmark(
     val_iterations_per_epoch: int = 50,
 ) -> dict:
     """Run every measurement (see the module docstring) and return them as a JSON-safe dict."""
-    from autoseg.training.config import TrainConfig
-    from autoseg.training.context import setup_runtime
-    from autoseg.training.loader import benchmark_loader, default_num_workers
-    from autoseg.training.trainer import trainers
-
     if iterations < 1:
         raise ConfigError(f"--iterations must be >= 1, got {iterations}")
     fc, plans = _context(ws, dataset, configuration, plans_name, trainer)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 logger = logging.getLogger("autoseg")
@@ -33,8 +34,6 @@ def setup_console(verbose: bool = False) -> None:
 
 def progress(iterable=None, **kwargs):
     """A tqdm progress bar on stderr (disabled when AUTOSEG_NO_PROGRESS is set or output is not a terminal)."""
-    import os
-
     from tqdm.auto import tqdm
 
     disable = bool(os.environ.get("AUTOSEG_NO_PROGRESS")) or kwargs.pop("disable", None)

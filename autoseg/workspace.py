@@ -129,5 +129,63 @@ class Workspace:
     def run_dir(self, name: str, plans_name: str, config: str, trainer: str, fold: int | str) -> Path:
         return self.results / name / plans_name / config / trainer / f"fold_{fold}"
 
+    def run(self, name: str, plans_name: str, config: str, trainer: str, fold: int | str) -> RunFolder:
+        """The run folder of one fold (its files named by `RunFolder`)."""
+        return RunFolder(self.run_dir(name, plans_name, config, trainer, fold))
+
     def selection_file(self, name: str) -> Path:
         return self.results / name / "selection.json"
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """Every file of one training run, ``results/<ds>/<plans>/<config>/<trainer>/fold_<k>/``: the one place that
+    spells their names (trainer, resume, validation, selection, bundles and the demo ask it)."""
+
+    path: Path
+
+    @property
+    def latest(self) -> Path:
+        """Written after every epoch; `--resume` continues from it."""
+        return self.path / "checkpoint_latest.pt"
+
+    @property
+    def best(self) -> Path:
+        return self.path / "checkpoint_best.pt"
+
+    @property
+    def final(self) -> Path:
+        """Written when training ends: what predict, select and bundles use."""
+        return self.path / "checkpoint_final.pt"
+
+    @property
+    def train_config(self) -> Path:
+        return self.path / "train_config.json"
+
+    @property
+    def plans(self) -> Path:
+        return self.path / "plans.json"
+
+    @property
+    def progress_plot(self) -> Path:
+        return self.path / "progress.png"
+
+    @property
+    def validation(self) -> Path:
+        """End-of-fold validation: ``<case><ending>``, ``<case>.npz``, metrics_per_case.csv, summary.json."""
+        return self.path / "validation"
+
+    @property
+    def validation_summary(self) -> Path:
+        return self.validation / "summary.json"
+
+    @property
+    def crossval(self) -> Path:
+        """The configuration's merged cross-validation predictions (beside the fold folders)."""
+        return self.path.parent / "crossval"
+
+    @property
+    def finished(self) -> bool:
+        """A fold counts as finished once it has its final checkpoint and its validation summary."""
+        return self.final.is_file() and self.validation_summary.is_file()
+

@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from autoseg.workspace import Workspace
+
 
 def add_parsers(sub, common, fmt) -> None:
     p = sub.add_parser(
@@ -39,7 +41,7 @@ def add_parsers(sub, common, fmt) -> None:
     p.set_defaults(handler=run_convert_msd)
 
 
-def run_verify(args, ws) -> int:
+def run_verify(args, ws: Workspace) -> int:
     from autoseg.data.verify import verify_dataset
 
     folder = Path(args.folder) if args.folder else ws.raw_dataset(ws.resolve(args.dataset))
@@ -53,7 +55,7 @@ def run_verify(args, ws) -> int:
     return 0
 
 
-def run_convert_msd(args, ws) -> int:
+def run_convert_msd(args, ws: Workspace) -> int:
     from autoseg.data.msd import convert_msd
 
     target = convert_msd(args.input, ws.raw, args.dataset_id, jobs=args.jobs)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from autoseg.workspace import Workspace
+
 
 def add_parsers(sub, common, fmt) -> None:
     p = sub.add_parser(
@@ -26,7 +28,7 @@ def _fmt(values) -> str:
     return " x ".join(f"{float(v):g}" for v in values)
 
 
-def run_fingerprint(args, ws) -> int:
+def run_fingerprint(args, ws: Workspace) -> int:
     from autoseg.fingerprint.extract import fingerprint_dataset
 
     name = ws.resolve(args.dataset)

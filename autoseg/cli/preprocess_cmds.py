@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from autoseg.workspace import Workspace
+
 
 def _common_args(p) -> None:
     p.add_argument("-d", "--dataset", required=True, help="dataset id: 4, 004 or Dataset004_Name")
@@ -57,7 +59,7 @@ def _print_report(pre) -> None:
     print(f"{pre.processed} case(s) preprocessed, {pre.skipped} already done, {pre.jobs} job(s)")
 
 
-def run_preprocess(args, ws) -> int:
+def run_preprocess(args, ws: Workspace) -> int:
     from autoseg.planning.plans import Plans
     from autoseg.preprocessing.preprocess import preprocess_dataset
 
@@ -68,7 +70,7 @@ def run_preprocess(args, ws) -> int:
     return 0
 
 
-def run_plan_and_preprocess(args, ws) -> int:
+def run_plan_and_preprocess(args, ws: Workspace) -> int:
     from autoseg.preprocessing.pipeline import plan_and_preprocess
 
     res = plan_and_preprocess(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from autoseg.workspace import Workspace
+
 
 def add_parsers(sub, common, fmt) -> None:
     p = sub.add_parser(
@@ -60,7 +62,7 @@ def add_parsers(sub, common, fmt) -> None:
     p.set_defaults(handler=run_benchmark)
 
 
-def run_overlay(args, ws) -> int:
+def run_overlay(args, ws: Workspace) -> int:
     from autoseg.evaluation.overlay import overlay_dataset
 
     files = overlay_dataset(
@@ -70,7 +72,7 @@ def run_overlay(args, ws) -> int:
     return 0
 
 
-def run_benchmark(args, ws) -> int:
+def run_benchmark(args, ws: Workspace) -> int:
     from autoseg.benchmark import format_table, run_benchmark, save_benchmark
 
     result = run_benchmark(

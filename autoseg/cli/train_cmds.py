@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from autoseg.workspace import Workspace
+
 DESCRIPTION = """\
 Train U-Nets with 5-fold cross-validation from the plans and the preprocessed data.
 
@@ -70,7 +72,7 @@ def add_parsers(sub, common, fmt) -> None:
     p.set_defaults(handler=run_train)
 
 
-def run_train(args, ws) -> int:
+def run_train(args, ws: Workspace) -> int:
     from autoseg.cli.common import parse_folds, parse_set
     from autoseg.training.run import train_folds
 

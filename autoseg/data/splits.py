@@ -82,7 +82,7 @@ def parse_groups(spec: str, case_ids: Sequence[str]) -> dict[str, str]:
     try:
         pattern = re.compile(spec)
     except re.error as exc:
-        raise ConfigError(f"--group-by {spec!r} is neither a CSV file nor a valid regular expression ({exc})") from None
+        raise ConfigError(f"--group-by {spec!r} is neither a CSV file nor a valid regular expression ({exc})") from exc
     if pattern.groups != 1:
         raise ConfigError(f"--group-by {spec!r}: the regular expression needs exactly one (capture group)")
     out = {}
@@ -139,7 +139,7 @@ def load_or_create_splits(
         try:
             data = load_json(path)
         except ValueError as exc:
-            raise ConfigError(str(exc)) from None
+            raise ConfigError(str(exc)) from exc
         splits = validate_splits(data, case_ids, path)
         if groups:
             _check_grouping(splits, groups, path)

@@ -17,10 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
+from autoseg.data.dataset import list_cases, load_dataset
 from autoseg.data.geometry import Geometry
+from autoseg.data.image_io import read_image, read_label
 from autoseg.errors import DatasetError, ImageIOError
 from autoseg.log import logger, progress
 from autoseg.serialization import atomic_write_bytes
+from autoseg.workspace import Workspace
 
 DPI = 100
 AXIS_NAMES = ("axis 0", "axis 1", "axis 2")
@@ -157,8 +160,6 @@ def find_overlay_cases(
     raw_folder: Path, cases: Sequence[str] | None = None, pred_dir: Path | None = None, max_cases: int | None = None
 ) -> tuple[object, list[OverlayCase]]:
     """(dataset spec, cases to draw): training cases, or with `pred_dir` every case (train or test) predicted there."""
-    from autoseg.data.dataset import list_cases, load_dataset
-
     spec = load_dataset(raw_folder)
     found = {c.case_id: c for c in list_cases(spec)[0]}
     if (raw_folder / "imagesTs").is_dir():
@@ -184,7 +185,7 @@ def find_overlay_cases(
 
 
 def overlay_dataset(
-    ws,
+    ws: Workspace,
     dataset: str,
     out_dir: str | Path,
     cases: Sequence[str] | None = None,
@@ -194,8 +195,6 @@ def overlay_dataset(
     panel_px: int = 512,
 ) -> list[Path]:
     """Write ``<out_dir>/<case>.png`` for the chosen cases of a raw dataset; returns the files written."""
-    from autoseg.data.image_io import read_image, read_label
-
     name = ws.resolve(dataset)
     spec, chosen = find_overlay_cases(ws.raw_dataset(name), cases, pred_dir, max_cases)
     names = {v: k for k, v in spec.labels.items()}

@@ -12,15 +12,24 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from autoseg import __version__
+from autoseg.data.image_io import file_ending, read_file, read_label, supported_endings, write_label
+from autoseg.data.probabilities import average_probability_files, probabilities_to_labels
 from autoseg.errors import AutosegError, ConfigError
+from autoseg.evaluation.metrics import evaluate_folder, save_evaluation
 from autoseg.evaluation.postprocess import Postprocessing, determine_postprocessing
+from autoseg.fingerprint.describe import describe_dataset
 from autoseg.log import logger, progress
+from autoseg.planning.plans import Plans
 from autoseg.serialization import atomic_write_bytes, from_json, load_json, save_json
+from autoseg.workspace import Workspace
 
 SCHEMA_VERSION = 1
 
@@ -62,14 +71,14 @@ class Selection:
         try:
             sel = from_json(cls, load_json(path))
         except ValueError as exc:
-            raise ConfigError(f"{path}: invalid selection file: {exc}") from None
+            raise ConfigError(f"{path}: invalid selection file: {exc}") from exc
         if sel.schema_version != SCHEMA_VERSION:
             raise ConfigError(f"{path}: selection schema_version {sel.schema_version}, expected {SCHEMA_VERSION}")
         return sel
 
 
 # ---- what is trained ------------------------------------------------------------------------------------------
-def num_folds(ws, name: str) -> int:
+def num_folds(ws: Workspace, name: str) -> int:
     """Folds of the dataset's splits.json (5 when the file does not exist yet)."""
     path = ws.splits_file(name)
     if not path.is_file():
@@ -78,40 +87,24 @@ def num_folds(ws, name: str) -> int:
     return len(data) if isinstance(data, list) and data else 5
 
 
-def fold_finished(run_dir: Path) -> bool:
-    """A fold counts as finished once it has its final checkpoint and its validation summary."""
-    return (run_dir / "checkpoint_final.pt").is_file() and (run_dir / "validation" / "summary.json").is_file()
-
-
-def trained_configurations(ws, name: str, plans, trainer: str) -> list[str]:
+def trained_configurations(ws: Workspace, name: str, plans: Plans, trainer: str) -> list[str]:
     """Configurations of `plans` (in plans order) whose folds 0..n-1 are all finished."""
     n = num_folds(ws, name)
     return [
         c.name
         for c in plans.configurations
-        if all(fold_finished(ws.run_dir(name, plans.name, c.name, trainer, k)) for k in range(n))
+        if all(ws.run(name, plans.name, c.name, trainer, k).finished for k in range(n))
     ]
 
 
-def _dataset_info(ws, name: str) -> tuple[tuple[int, ...], str]:
-    """(foreground labels, file ending) of the dataset, from its fingerprint, else from its raw dataset.json."""
-    from autoseg.data.dataset import load_dataset
-    from autoseg.fingerprint.fingerprint import DatasetFingerprint
-
-    if ws.fingerprint_file(name).is_file():
-        fp = DatasetFingerprint.load(ws.fingerprint_file(name))
-        return tuple(sorted(v for v in set(fp.labels.values()) if v != 0)), fp.file_ending
-    spec = load_dataset(ws.raw_dataset(name))
-    return spec.foreground_labels, spec.file_ending
-
-
 # ---- merged cross-validation predictions ----------------------------------------------------------------------
-def merge_crossval(ws, name: str, plans_name: str, config: str, trainer: str, n: int, ending: str) -> dict[str, Path]:
+def merge_crossval(
+    ws: Workspace, name: str, plans_name: str, config: str, trainer: str, n: int, ending: str
+) -> dict[str, Path]:
     """Copy the folds' validation segmentations into ``crossval/``; returns case -> its fold's validation folder."""
-    root = ws.run_dir(name, plans_name, config, trainer, 0).parent
-    out, where = root / "crossval", {}
+    out, where = ws.run(name, plans_name, config, trainer, 0).crossval, {}
     for k in range(n):
-        val = root / f"fold_{k}" / "validation"
+        val = ws.run(name, plans_name, config, trainer, k).validation
         for seg in sorted(p for p in val.glob(f"*{ending}") if not p.name.startswith(".")):
             cid = seg.name[: -len(ending)]
             if cid in where:
@@ -119,12 +112,11 @@ def merge_crossval(ws, name: str, plans_name: str, config: str, trainer: str, n:
             where[cid] = val
             atomic_write_bytes(out / seg.name, seg.read_bytes())
     if not where:
-        raise ConfigError(f"{root}: the folds' validation folders hold no predictions ending in {ending!r}")
+        raise ConfigError(f"{out.parent}: the folds' validation folders hold no predictions ending in {ending!r}")
     return where
 
 
-def _candidate(ws, name, configs, folder: Path, labels, ending, case_ids, jobs) -> Candidate:
-    from autoseg.evaluation.metrics import evaluate_folder, save_evaluation
+def _candidate(ws: Workspace, name, configs, folder: Path, labels, ending, case_ids, jobs) -> Candidate:
 
     df, summary = evaluate_folder(ws.gt_folder(name), folder, labels, ending, jobs=jobs, case_ids=case_ids)
     save_evaluation(df, summary, folder)
@@ -136,11 +128,8 @@ def _num(x: float) -> float | None:
     return None if x is None or math.isnan(x) else float(x)
 
 
-def _ensemble_pair(ws, name, plans_name, trainer, pair, where, ending) -> Path | None:
+def _ensemble_pair(ws: Workspace, name, plans_name, trainer, pair, where, ending) -> Path | None:
     """Write the averaged-probability CV predictions of a pair; None when a member lacks probability files."""
-    from autoseg.data.image_io import read_file, write_label
-    from autoseg.inference.ensemble import ensemble_case, probabilities_to_labels
-
     a, b = pair
     for cfg in pair:
         missing = [c for c, d in where[cfg].items() if not (d / f"{c}.npz").is_file()]
@@ -149,23 +138,23 @@ def _ensemble_pair(ws, name, plans_name, trainer, pair, where, ending) -> Path |
             return None
     out = ws.results_dataset(name) / "ensembles" / f"{plans_name}__{trainer}__{a}+{b}"
     for cid in progress(sorted(where[a]), desc=f"ensemble {a}+{b}", unit="case"):
-        probs = ensemble_case([where[a][cid] / f"{cid}.npz", where[b][cid] / f"{cid}.npz"])
+        probs = average_probability_files([where[a][cid] / f"{cid}.npz", where[b][cid] / f"{cid}.npz"])
         _, geometry = read_file(where[a][cid] / f"{cid}{ending}")
         write_label(out / f"{cid}{ending}", probabilities_to_labels(probs), geometry)
     return out
 
 
 def _read_pairs(pred_dir: Path, gt_dir: Path, case_ids: Sequence[str], ending: str):
-    from autoseg.data.image_io import read_label
 
     for cid in case_ids:
         yield read_label(pred_dir / f"{cid}{ending}")[0], read_label(gt_dir / f"{cid}{ending}")[0]
 
 
 # ---- selection ------------------------------------------------------------------------------------------------
-def select_model(ws, dataset, plans_name: str = "default", trainer: str = "default", jobs: int = 1) -> Selection:
+def select_model(
+    ws: Workspace, dataset, plans_name: str = "default", trainer: str = "default", jobs: int = 1
+) -> Selection:
     """Compare every fully trained configuration and every pair ensemble on cross-validation; write selection.json."""
-    from autoseg.planning.plans import Plans
 
     name = ws.resolve(dataset)
     plans = Plans.load(ws.plans_file(name, plans_name))
@@ -176,11 +165,12 @@ def select_model(ws, dataset, plans_name: str = "default", trainer: str = "defau
             f"{ws.results_dataset(name) / plans.name}: no configuration has all {n} folds finished "
             f"(checkpoint_final.pt and validation/summary.json, trainer {trainer!r}); train with -f 0..{n - 1} first"
         )
-    labels, ending = _dataset_info(ws, name)
+    described = describe_dataset(ws, name)
+    labels, ending = described.foreground_labels, described.file_ending
     where = {c: merge_crossval(ws, name, plans.name, c, trainer, n, ending) for c in configs}
     candidates = []
     for c in configs:
-        folder = ws.run_dir(name, plans.name, c, trainer, 0).parent / "crossval"
+        folder = ws.run(name, plans.name, c, trainer, 0).crossval
         candidates.append(_candidate(ws, name, (c,), folder, labels, ending, sorted(where[c]), jobs))
     for pair in itertools.combinations(configs, 2):
         if set(where[pair[0]]) != set(where[pair[1]]):
@@ -204,13 +194,11 @@ def select_model(ws, dataset, plans_name: str = "default", trainer: str = "defau
     return sel
 
 
-def maybe_select(ws, dataset, plans_name: str = "default", trainer: str = "default") -> Selection | None:
+def maybe_select(ws: Workspace, dataset, plans_name: str = "default", trainer: str = "default") -> Selection | None:
     """Run `select_model` when at least one configuration has all folds finished, else do nothing (None).
 
     Meant for the end of `autoseg train`: a failure is logged as a warning and never raised.
     """
-    from autoseg.planning.plans import Plans
-
     try:
         name = ws.resolve(dataset)
         plans = Plans.load(ws.plans_file(name, plans_name))
@@ -224,7 +212,6 @@ def maybe_select(ws, dataset, plans_name: str = "default", trainer: str = "defau
 
 # ---- reporting ------------------------------------------------------------------------------------------------
 def predict_command(sel: Selection) -> str:
-    from autoseg.workspace import Workspace
 
     cmd = f"autoseg predict -i INPUT_FOLDER -o OUTPUT_FOLDER -d {Workspace.dataset_number(sel.dataset)}"
     cmd += " --ensemble" if sel.is_ensemble else f" -c {sel.configurations[0]}"
@@ -256,21 +243,16 @@ def selection_report(sel: Selection) -> str:
 
 # ---- evaluate any folder --------------------------------------------------------------------------------------
 def _common_ending(folder: Path) -> str:
-    from collections import Counter
-
-    from autoseg.data.image_io import SUPPORTED_ENDINGS, file_ending
 
     endings = Counter(file_ending(p) for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
-    found = [e for e, _ in endings.most_common() if e in SUPPORTED_ENDINGS]
+    known = supported_endings()
+    found = [e for e, _ in endings.most_common() if e in known]
     if not found:
-        raise ConfigError(f"{folder}: no segmentation files ({', '.join(SUPPORTED_ENDINGS)}) found")
+        raise ConfigError(f"{folder}: no segmentation files ({', '.join(known)}) found")
     return found[0]
 
 
 def _reference_labels(ref_dir: Path, case_ids: Sequence[str], ending: str) -> list[int]:
-    import numpy as np
-
-    from autoseg.data.image_io import read_label
 
     values: set[int] = set()
     for cid in case_ids:
@@ -279,7 +261,7 @@ def _reference_labels(ref_dir: Path, case_ids: Sequence[str], ending: str) -> li
 
 
 def evaluate_predictions(
-    ws,
+    ws: Workspace,
     ref_dir,
     pred_dir,
     dataset=None,
@@ -293,8 +275,6 @@ def evaluate_predictions(
     Labels: `labels` if given, else the dataset's foreground labels (`dataset`), else every non-zero value found in
     the references. Results go to `out_dir` (default: `pred_dir`) as metrics_per_case.csv and summary.json.
     """
-    from autoseg.evaluation.metrics import evaluate_folder, save_evaluation
-
     ref_dir, pred_dir = Path(ref_dir), Path(pred_dir)
     for folder, what in ((ref_dir, "reference"), (pred_dir, "prediction")):
         if not folder.is_dir():
@@ -302,7 +282,7 @@ def evaluate_predictions(
     ending = _common_ending(pred_dir)
     case_ids = sorted(p.name[: -len(ending)] for p in pred_dir.glob(f"*{ending}") if not p.name.startswith("."))
     if labels is None and dataset is not None:
-        labels = _dataset_info(ws, ws.resolve(dataset))[0]
+        labels = describe_dataset(ws, ws.resolve(dataset)).foreground_labels
     if labels is None:
         labels = _reference_labels(ref_dir, case_ids, ending)
         logger.info(f"labels found in the references: {labels}")

@@ -14,8 +14,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from autoseg.data.geometry import Geometry
+from autoseg.data.image_io import read_file, read_image
+from autoseg.errors import DatasetError
 from autoseg.serialization import atomic_write_text
 
 COLUMNS = ("case", "label", "label_name", "voxels", "volume_ml", "area_mm2")
@@ -80,8 +83,6 @@ def case_statistics(
 
 def write_statistics_csv(rows: Iterable[Mapping], path: str | Path) -> Path:
     """Write rows (from one or many `case_statistics` calls) as CSV, atomically; columns in a fixed order."""
-    import pandas as pd
-
     rows = list(rows)
     extra = [k for k in dict.fromkeys(k for r in rows for k in r) if k not in COLUMNS]
     frame = pd.DataFrame(rows, columns=[*COLUMNS, *extra])
@@ -100,9 +101,6 @@ def statistics_from_files(
     The geometry (voxel size) is the image's, as for a case just predicted; a segmentation whose grid differs from
     the image's raises DatasetError naming both files.
     """
-    from autoseg.data.image_io import read_file, read_image
-    from autoseg.errors import DatasetError
-
     labels, _ = read_file(label_file)
     image, geometry = read_image(image_files, check_integrity=False)
     if labels.shape[1:] != image.shape[1:]:

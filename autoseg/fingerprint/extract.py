@@ -1,4 +1,4 @@
-"""Extract a DatasetFingerprint from a raw dataset (nnU-Net's fingerprint rules, nnunet-rules.md b).
+"""Extract a DatasetFingerprint from a raw dataset (nnU-Net's fingerprint; the planner's use of it: docs/planning.md).
 
 Per training case (one joblib/loky worker holds one case at a time): read channels and label, crop to the nonzero
 region (any channel != 0, holes filled, bounding box), record spacing and shapes before/after the crop, voxel counts
@@ -18,17 +18,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import pandas as pd
+from joblib import Parallel, delayed
 
-from autoseg.data.dataset import Case, DatasetSpec, check_num_training, list_cases
+from autoseg.data.crop import bounding_box, nonzero_mask
+from autoseg.data.dataset import Case, DatasetSpec, check_num_training, list_cases, load_dataset
 from autoseg.data.geometry import PSEUDO_SPACING_2D
 from autoseg.data.image_io import read_image, read_label
 from autoseg.data.verify import loaded_case_problems
+from autoseg.data.workers import workers_for_cases
 from autoseg.errors import DatasetError, FingerprintError
 from autoseg.fingerprint import intensity
 from autoseg.fingerprint.fingerprint import SCHEMA_VERSION, CaseFingerprint, DatasetFingerprint
 from autoseg.log import logger, progress
-from autoseg.preprocessing.crop import bounding_box, nonzero_mask
-from autoseg.resources import workers_for_cases
 from autoseg.serialization import atomic_write_text
 
 if TYPE_CHECKING:
@@ -137,8 +139,6 @@ def extract_fingerprint(
         seed: global seed; case i samples with ``default_rng([seed, i])``.
         sample_budget: foreground intensity draws over the dataset, split evenly over the cases.
     """
-    from joblib import Parallel, delayed
-
     cases = _cases(spec)
     jobs = workers_for_cases(jobs, cases, "fingerprint")
     n_samples = sample_budget // len(cases)
@@ -196,8 +196,6 @@ def write_fingerprint(
     fingerprint: DatasetFingerprint, rows: list[dict], json_path: str | Path, csv_path: str | Path
 ) -> tuple[Path, Path]:
     """Write the fingerprint JSON and the per-case CSV, each atomically."""
-    import pandas as pd
-
     fingerprint.save(json_path)
     atomic_write_text(csv_path, pd.DataFrame(rows).to_csv(index=False, float_format="%.6g"))
     return Path(json_path), Path(csv_path)
@@ -207,8 +205,6 @@ def fingerprint_dataset(
     ws: Workspace, name: str, jobs: int = 2, seed: int = DEFAULT_SEED, sample_budget: int = DEFAULT_SAMPLE_BUDGET
 ) -> tuple[DatasetFingerprint, Path, Path]:
     """Fingerprint raw dataset `name` of workspace `ws`; write ``ws.fingerprint_file`` and ``ws.fingerprint_table``."""
-    from autoseg.data.dataset import load_dataset
-
     spec = load_dataset(ws.raw_dataset(name))
     fingerprint, rows = extract_fingerprint(spec, jobs=jobs, seed=seed, sample_budget=sample_budget)
     json_path, csv_path = write_fingerprint(fingerprint, rows, ws.fingerprint_file(name), ws.fingerprint_table(name))

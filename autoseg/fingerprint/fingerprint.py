@@ -83,7 +83,7 @@ class DatasetFingerprint:
             data = load_json(path)
             fp = from_json(cls, data)
         except ValueError as exc:
-            raise FingerprintError(f"{path}: invalid fingerprint: {exc}") from None
+            raise FingerprintError(f"{path}: invalid fingerprint: {exc}") from exc
         if fp.schema_version != SCHEMA_VERSION:
             raise FingerprintError(
                 f"{path}: fingerprint schema_version {fp.schema_version}, this autoseg reads {SCHEMA_VERSION}; "

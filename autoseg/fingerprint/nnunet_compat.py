@@ -34,7 +34,7 @@ def from_nnunet(
         fp = load_json(fingerprint_path)
         ds = load_json(dataset_json)
     except ValueError as exc:
-        raise FingerprintError(f"{exc} (an nnU-Net fingerprint needs its dataset.json beside it)") from None
+        raise FingerprintError(f"{exc} (an nnU-Net fingerprint needs its dataset.json beside it)") from exc
     if not is_nnunet_fingerprint(fp):
         raise FingerprintError(f"{fingerprint_path}: not an nnU-Net fingerprint (needs keys {', '.join(NNUNET_KEYS)})")
     channels = ds.get("channel_names") or ds.get("modality")
@@ -49,7 +49,7 @@ def from_nnunet(
             for c in range(len(channels))
         )
     except KeyError as exc:
-        raise FingerprintError(f"{fingerprint_path}: intensity properties lack {exc}") from None
+        raise FingerprintError(f"{fingerprint_path}: intensity properties lack {exc}") from exc
     cases = tuple(
         CaseFingerprint(
             case_id=f"case_{i:04d}", spacing=tuple(float(v) for v in sp), shape_after_crop=tuple(int(v) for v in sh)

@@ -2,71 +2,19 @@
 
 Folds of one configuration are averaged earlier, in logit space, by the predictor (as nnU-Net does); different
 configurations are combined here as probabilities, because their logits are not on a common scale. Probability files
-are ``<case>.npz`` with the key ``probabilities`` (float16, (K, Z, Y, X) in the raw grid), as written by
-``autoseg predict --save-probabilities`` and by the end-of-fold validation.
+are ``<case>.npz`` files (`autoseg.data.probabilities`), as written by ``autoseg predict --save-probabilities`` and
+by the end-of-fold validation.
 """
 
 from __future__ import annotations
 
-import io
-import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
+from autoseg.data.image_io import read_file, write_label
+from autoseg.data.probabilities import average_probability_files, probabilities_to_labels, save_probabilities
 from autoseg.errors import ImageIOError
 from autoseg.log import progress
-from autoseg.serialization import atomic_write_bytes
-
-
-def load_probabilities(path: str | Path) -> np.ndarray:
-    """Probabilities (K, Z, Y, X) as float32 from a ``.npz`` file; errors name the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ImageIOError(f"{path}: probability file not found (was the model run with probabilities saved?)")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            if "probabilities" not in data.files:
-                raise ImageIOError(f"{path}: no 'probabilities' array in the file (found {data.files})")
-            return data["probabilities"].astype(np.float32)
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise ImageIOError(f"{path}: not a readable .npz file ({exc})") from None
-
-
-def save_probabilities(path: str | Path, probs: np.ndarray) -> Path:
-    """Write probabilities as float16 under the key ``probabilities`` (compressed, atomic)."""
-    buf = io.BytesIO()
-    np.savez_compressed(buf, probabilities=np.asarray(probs).astype(np.float16))
-    return atomic_write_bytes(path, buf.getvalue())
-
-
-def average_probabilities(members: Sequence[np.ndarray]) -> np.ndarray:
-    """Voxel-wise mean of equally shaped probability arrays (float32)."""
-    if not members:
-        raise ValueError("average_probabilities: no members given")
-    total = np.zeros(np.shape(members[0]), dtype=np.float32)
-    for i, m in enumerate(members):
-        if np.shape(m) != total.shape:
-            raise ValueError(f"ensemble member {i} has shape {np.shape(m)}, member 0 has {total.shape}")
-        total += m
-    return total / len(members)
-
-
-def probabilities_to_labels(probs: np.ndarray) -> np.ndarray:
-    """Argmax over the class axis as uint8 (uint16 above 255 classes); ties go to the lower label."""
-    return np.argmax(probs, axis=0).astype(np.uint8 if probs.shape[0] <= 256 else np.uint16)
-
-
-def ensemble_case(paths: Sequence[str | Path]) -> np.ndarray:
-    """Averaged probabilities of one case from several members' ``.npz`` files (one member in memory at a time)."""
-    total = None
-    for p in paths:
-        probs = load_probabilities(p)
-        if total is not None and probs.shape != total.shape:
-            raise ImageIOError(f"{p}: probabilities of shape {probs.shape}, {paths[0]} has {total.shape}")
-        total = probs if total is None else total + probs
-    return total / len(paths)
 
 
 def ensemble_folders(
@@ -81,8 +29,6 @@ def ensemble_folders(
     Each output segmentation gets the geometry of the first folder's ``<case><file_ending>``. Without `case_ids`,
     the cases that have a ``.npz`` in every input are used; a case missing in one input is an error.
     """
-    from autoseg.data.image_io import read_file, write_label
-
     inputs, output = [Path(p) for p in inputs], Path(output)
     if case_ids is None:
         sets = [{p.name[:-4] for p in d.glob("*.npz") if not p.name.startswith(".")} for d in inputs]
@@ -93,7 +39,7 @@ def ensemble_folders(
                 raise ImageIOError(f"{d}: probabilities missing for {len(missing)} case(s): {', '.join(missing[:5])}")
     output.mkdir(parents=True, exist_ok=True)
     for cid in progress(case_ids, desc="ensemble", unit="case"):
-        probs = ensemble_case([d / f"{cid}.npz" for d in inputs])
+        probs = average_probability_files([d / f"{cid}.npz" for d in inputs])
         _, geometry = read_file(inputs[0] / f"{cid}{file_ending}")
         write_label(output / f"{cid}{file_ending}", probabilities_to_labels(probs), geometry)
         if save_npz:

@@ -1,4 +1,4 @@
-"""The inverse of preprocessing, for export: preprocessed grid -> raw image grid (nnunet-rules.md f, export).
+"""The inverse of preprocessing, for export: preprocessed grid -> raw image grid.
 
 Order (reverse of preprocessing): resample back to the cropped shape (same separate-z rule, with the current and
 target spacings swapped), put the crop back into the full image (outside the crop box: background), undo the
@@ -18,6 +18,9 @@ from autoseg.planning.plans import Configuration
 from autoseg.preprocessing.resample import resample_data, resample_labels, separate_z_axis
 from autoseg.preprocessing.storage import CaseProperties
 
+# what the network half of a prediction hands to the export half: (softmax probabilities (K, *preprocessed shape)
+# float32, the case's CaseProperties, the configuration); `restore_probabilities(*output)` brings it to the raw grid
+NetworkOutput = tuple[np.ndarray, CaseProperties, Configuration]
 
 def _inverse(transpose: tuple[int, ...]) -> tuple[int, ...]:
     inv = [0] * len(transpose)

@@ -24,8 +24,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from joblib.externals.loky import ProcessPoolExecutor
 
+from autoseg.data.geometry import Geometry
+from autoseg.data.image_io import read_header, write_label
+from autoseg.data.probabilities import probabilities_to_labels, save_probabilities
 from autoseg.errors import AutosegError, ImageIOError
+from autoseg.evaluation.postprocess import apply_postprocessing
+from autoseg.evaluation.statistics import case_statistics
+from autoseg.inference.export import NetworkOutput, restore_probabilities
+from autoseg.planning.plans import Configuration
+from autoseg.preprocessing.preprocess import target_spacing
+from autoseg.resources import COPIES, case_bytes, choose_workers, describe
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")  # per worker: cores / (workers + 1)
 IDLE_TIMEOUT_S = 20  # idle export workers exit after this long (also after a killed run)
@@ -36,8 +46,8 @@ class ExportJob:
     """What the network produced for one case and where it goes."""
 
     case_id: str
-    members: list  # per configuration: (probabilities (K, *preprocessed shape) float32, CaseProperties, Configuration)
-    geometry: object  # Geometry of the input image: the output keeps it
+    members: list[NetworkOutput]  # one per configuration (ensemble member)
+    geometry: Geometry  # of the input image: the output keeps it
     target: Path  # label file
     npz: Path | None = None  # probabilities file (--save-probabilities)
     postprocessing: Sequence[Sequence[int]] = ()
@@ -56,7 +66,8 @@ class ExportResult:
 
 
 def export_case(job: ExportJob) -> ExportResult:
-    """Raw-grid probabilities -> labels -> postprocessing -> files; errors become an AutosegError naming the case."""
+    """Raw-grid probabilities -> labels -> postprocessing -> files; input and memory errors become an AutosegError
+    naming the case (with its cause chained); anything else is a bug and propagates as it is."""
     start = time.perf_counter()
     if job.parent_pid is not None and os.getppid() != job.parent_pid:  # killed: write nothing more for it
         raise ImageIOError(f"case {job.case_id!r}: not exported, the predict process that queued it has ended")
@@ -65,24 +76,19 @@ def export_case(job: ExportJob) -> ExportResult:
     except AutosegError as exc:
         if job.case_id in str(exc):
             raise
-        raise type(exc)(f"case {job.case_id!r}: {exc}") from None
-    except MemoryError:
+        raise type(exc)(f"case {job.case_id!r}: {exc}") from exc
+    except MemoryError as exc:
         raise ImageIOError(
             f"case {job.case_id!r}: out of memory while exporting {job.target}; use fewer export workers (-j 1)"
-        ) from None
-    except Exception as exc:  # noqa: BLE001 - reported with the case and the cause, without a traceback
+        ) from exc
+    except OSError as exc:  # disk full, permissions, a vanished output folder
         raise ImageIOError(
             f"case {job.case_id!r}: exporting {job.target} failed ({type(exc).__name__}: {str(exc)[:300]})"
-        ) from None
+        ) from exc
     return ExportResult(job.case_id, path, rows, time.perf_counter() - start)
 
 
 def _export(job: ExportJob) -> tuple[Path, list]:
-    from autoseg.data.image_io import write_label
-    from autoseg.evaluation.postprocess import apply_postprocessing
-    from autoseg.inference.ensemble import probabilities_to_labels, save_probabilities
-    from autoseg.inference.export import restore_probabilities
-
     probs = None
     for member in job.members:  # one member's raw-grid probabilities at a time (summed in member order)
         restored = restore_probabilities(*member).astype(np.float32, copy=False)
@@ -104,8 +110,6 @@ def _export(job: ExportJob) -> tuple[Path, list]:
         raise
     rows = []
     if job.image is not None:
-        from autoseg.evaluation.statistics import case_statistics
-
         rows = case_statistics(labels, job.image, job.geometry, job.label_names, job.case_id, job.channel_names)
     return path, rows
 
@@ -125,7 +129,6 @@ class Exporter:
         if self.workers > 1:
             # a private loky pool, not the process-wide reusable one: joblib.Parallel (evaluation, preprocessing)
             # reuses that one and cannot share it with a pool made outside joblib
-            from joblib.externals.loky import ProcessPoolExecutor
 
             threads = str(max(1, (os.cpu_count() or 1) // (self.workers + 1)))
             env = {name: threads for name in THREAD_VARIABLES}
@@ -170,7 +173,7 @@ class Exporter:
                 raise ImageIOError(
                     f"case {case_id!r}: an export worker process died ({type(exc).__name__}), probably out of "
                     "memory; rerun with fewer export workers (-j 1) and --continue"
-                ) from None
+                ) from exc
         self.pending = still
 
 
@@ -179,8 +182,6 @@ def export_workers(requested: int, cases, predictors, available: float | None = 
     """Export workers for `cases` (InputCase) predicted by `predictors`: at most `requested` and the number of cases,
     fewer when the largest case's export (its class probabilities at the network's resolution, COPIES['predict']
     float32 copies) would not fit memory (`resources.choose_workers`, which logs the reason)."""
-    from autoseg.data.image_io import read_header
-    from autoseg.resources import COPIES, case_bytes, choose_workers, describe
 
     requested = min(max(1, int(requested)), len(cases))
     if requested <= 1:
@@ -197,9 +198,8 @@ def export_workers(requested: int, cases, predictors, available: float | None = 
     return choose_workers(requested, need, what, available, stage="export workers")
 
 
-def network_zoom(spacing: Sequence[float], transpose: Sequence[int], configuration) -> float:
+def network_zoom(spacing: Sequence[float], transpose: Sequence[int], configuration: Configuration) -> float:
     """Voxels at the configuration's spacing per raw voxel for an image of `spacing` (z, y, x)."""
-    from autoseg.preprocessing.preprocess import target_spacing
 
     moved = tuple(float(spacing[a]) for a in transpose)
     target = target_spacing(configuration, moved)

@@ -1,7 +1,7 @@
 """Prediction from raw image files: read -> preprocess -> sliding window per fold -> raw grid -> labels -> write.
 
 A `ModelSource` says where a trained model lives (run folders in a workspace, or an installed bundle, see
-autoseg.bundle); a `Predictor` holds the networks of one configuration (one per fold), rebuilt from the plans'
+autoseg.inference.source); a `Predictor` holds the networks of one configuration (one per fold), rebuilt from the plans'
 NetworkSpec through the networks registry, so the trainer class is never needed. A cascade configuration first
 predicts its previous stage (all of that stage's folds) and adds that segmentation, preprocessed like a label, as one
 one-hot input channel per foreground label. The folds' logits are averaged
@@ -14,48 +14,30 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from autoseg.errors import ConfigError, ImageIOError
-from autoseg.inference.inputs import InputCase, list_inputs, parse_part  # noqa: F401 - part of this module's API
+from autoseg.data.geometry import Geometry
+from autoseg.data.image_io import read_image, supported_endings
+from autoseg.data.probabilities import probabilities_to_labels
+from autoseg.device import resolve_device
+from autoseg.errors import ConfigError, problems_error
+from autoseg.evaluation.statistics import statistics_from_files, write_statistics_csv
+from autoseg.inference.export import NetworkOutput, restore_probabilities
+from autoseg.inference.exporter import Exporter, ExportJob, export_workers
+from autoseg.inference.inputs import InputCase, input_problems, parse_part, scan_inputs
+from autoseg.inference.sliding_window import sliding_window_logits
+from autoseg.inference.source import ModelSource, resolve_source
 from autoseg.log import logger, progress
-from autoseg.training.checkpoint import load_weights
-from autoseg.training.context import resolve_device
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    """A trained model: plans, label/channel description and the weight file of every (configuration, fold)."""
-
-    dataset: str
-    plans: object  # Plans
-    labels: dict[str, int]
-    channel_names: tuple[str, ...]
-    file_ending: str
-    weights: dict[str, dict[int | str, Path]]  # configuration -> fold -> checkpoint / weights file
-    selection: object | None  # Selection
-    location: Path  # results folder or bundle folder (for messages)
-    fingerprint: object | None = None  # DatasetFingerprint: intensity statistics when the plans hold none
-
-    @property
-    def num_classes(self) -> int:
-        return max(self.labels.values()) + 1
-
-    @property
-    def files_per_case(self) -> int:
-        rgb = self.file_ending in (".png", ".bmp", ".tif", ".tiff") and [c.lower() for c in self.channel_names] in (
-            ["r", "g", "b"],
-            ["red", "green", "blue"],
-        )
-        return 1 if rgb else len(self.channel_names)
-
-    def trained(self) -> list[str]:
-        """Configurations with at least one fold's weights, in plans order."""
-        return [c.name for c in self.plans.configurations if self.weights.get(c.name)]
+from autoseg.networks.build import build_network
+from autoseg.networks.weights import load_weights
+from autoseg.preprocessing.cascade import convert_case, one_hot
+from autoseg.preprocessing.preprocess import preprocess_case
+from autoseg.preprocessing.storage import CaseProperties, PreprocessedCase
+from autoseg.serialization import remove_stale_temps
+from autoseg.workspace import Workspace
 
 
 class Predictor:
@@ -69,16 +51,17 @@ class Predictor:
         device: str | torch.device | None = None,
         step: float = 0.5,
         tta: bool = True,
+        models: Sequence[torch.nn.Module] | None = None,
     ):
-        from autoseg.networks.build import build_network
-
+        """The folds' networks are built from the plans and loaded from `source.weights`, unless `models` gives
+        them already built (one per fold in `folds`: the end-of-fold validation passes the network it trained)."""
         self.source, self.step, self.tta = source, step, tta
         self.configuration = source.plans.configuration(configuration)
         available = source.weights.get(configuration, {})
-        if not available:
+        if not available and models is None:
             raise ConfigError(f"{source.location}: configuration {configuration!r} has no trained fold")
         chosen = list(available) if folds is None else list(folds)
-        missing = [f for f in chosen if f not in available]
+        missing = [f for f in chosen if f not in available] if models is None else []
         if missing:
             raise ConfigError(
                 f"{source.location}: fold {missing[0]} of {configuration!r} is not trained (final weights missing); "
@@ -91,20 +74,24 @@ class Predictor:
         self.labels = tuple(sorted(v for v in set(source.labels.values()) if v > 0))
         self._previous = None  # built on first use: `share_previous_stages` may hand over an ensemble member first
         prev = self.configuration.previous_stage
-        if prev is not None and not source.weights.get(prev):
+        if prev is not None and models is None and not source.weights.get(prev):
             raise ConfigError(
                 f"{source.location}: {configuration!r} is a cascade stage and needs the trained previous stage "
                 f"{prev!r}, which has no trained fold"
             )
-        self.models = []
-        for f in self.folds:
-            net = build_network(self.configuration.network, self.network_in_channels, source.num_classes, False)
-            try:
-                net.load_state_dict(load_weights(available[f]))
-            except RuntimeError as exc:
-                raise ConfigError(f"{available[f]}: weights do not fit the plans' network ({str(exc)[:300]})") from None
-            net.deep_supervision = False
-            self.models.append(net.to(self.device).eval())
+        self.models = [self._load(available[f]) for f in self.folds] if models is None else list(models)
+        if len(self.models) != len(self.folds):
+            raise ValueError(f"{len(self.models)} network(s) given for {len(self.folds)} fold(s)")
+
+    def _load(self, weights: Path) -> torch.nn.Module:
+        """The plans' network with the weights of one fold, for inference on this predictor's device."""
+        net = build_network(self.configuration.network, self.network_in_channels, self.source.num_classes, False)
+        try:
+            net.load_state_dict(load_weights(weights))
+        except RuntimeError as exc:
+            raise ConfigError(f"{weights}: weights do not fit the plans' network ({str(exc)[:300]})") from exc
+        net.deep_supervision = False
+        return net.to(self.device).eval()
 
     @property
     def previous(self) -> Predictor | None:
@@ -130,8 +117,6 @@ class Predictor:
 
     def logits(self, data: np.ndarray) -> torch.Tensor:
         """Fold-averaged logits (K, *shape) on the CPU of a preprocessed case (C, *shape)."""
-        from autoseg.inference.sliding_window import sliding_window_logits
-
         image = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
         mirror = tuple(range(self.configuration.ndim)) if self.tta else ()
         total = None
@@ -142,44 +127,38 @@ class Predictor:
             total = out if total is None else total.add_(out)
         return total / len(self.models)
 
-    def network_output(self, image: np.ndarray, geometry):
-        """The network part of a prediction: (softmax probabilities (K, *preprocessed shape) float32, the case's
-        CaseProperties, the configuration), ready for `export.restore_probabilities` (which an export worker runs)."""
+    def network_output(self, image: np.ndarray, geometry: Geometry) -> NetworkOutput:
+        """The network part of predicting a raw image (C, Z, Y, X): preprocess it exactly as the training data
+        (a cascade stage adds its previous stage's prediction), then `preprocessed_output`."""
         if self.memoize and self._memo is not None and self._memo[0] is image:
             return self._memo[1]
         if self.previous is None:
-            case = _preprocess(image, geometry, self.source, self.configuration)
+            src = self.source
+            case = preprocess_case(image, None, geometry, src.plans, self.configuration, src.fingerprint)
             data = case.data
         else:
             data, case = self._cascade_input(image, geometry)
-        result = torch.softmax(self.logits(data), 0).numpy(), case.properties, self.configuration
+        result = self.preprocessed_output(data, case.properties)
         if self.memoize:
             self._memo = (image, result)  # holds `image`, so a later case cannot be mistaken for it
         return result
 
-    def _cascade_input(self, image: np.ndarray, geometry):
-        """(preprocessed image + previous stage's one-hot channels, the PreprocessedCase) of a cascade stage."""
-        from autoseg.training.cascade import convert_case, one_hot
+    def preprocessed_output(self, data: np.ndarray, properties: CaseProperties) -> NetworkOutput:
+        """(softmax probabilities (K, *preprocessed shape) float32, `properties`, the configuration) of a
+        preprocessed case (C, *shape): the one road that `predict` and the end-of-fold validation share; an
+        `ExportJob` turns it into raw-grid probabilities and labels (`exporter.export_case`)."""
+        return torch.softmax(self.logits(data), 0).numpy(), properties, self.configuration
 
-        probs = self.previous.probabilities(image, geometry)
-        labels = np.argmax(probs, 0).astype(np.uint8 if probs.shape[0] <= 256 else np.uint16)
-        del probs
+    def _cascade_input(self, image: np.ndarray, geometry: Geometry) -> tuple[np.ndarray, PreprocessedCase]:
+        """(preprocessed image + previous stage's one-hot channels, the PreprocessedCase) of a cascade stage."""
+        labels = probabilities_to_labels(self.previous.probabilities(image, geometry))
         src = self.source
         case, prev = convert_case(image, labels, geometry, src.plans, self.configuration, src.fingerprint)
         return np.concatenate([case.data, one_hot(prev, self.labels)]), case
 
-    def probabilities(self, image: np.ndarray, geometry) -> np.ndarray:
+    def probabilities(self, image: np.ndarray, geometry: Geometry) -> np.ndarray:
         """Softmax probabilities (K, Z, Y, X) float32 in the raw grid of `image` (C, Z, Y, X)."""
-        from autoseg.inference.export import restore_probabilities
-
         return restore_probabilities(*self.network_output(image, geometry)).astype(np.float32, copy=False)
-
-
-def _preprocess(image: np.ndarray, geometry, source: ModelSource, configuration):
-    """Preprocess an unlabelled image exactly as the training data (preprocessing.preprocess.preprocess_case)."""
-    from autoseg.preprocessing.preprocess import preprocess_case
-
-    return preprocess_case(image, None, geometry, source.plans, configuration, source.fingerprint)
 
 
 # ---- the folder loop -------------------------------------------------------------------------------------------
@@ -202,24 +181,20 @@ def predict_folder(
     outputs (`write_folder_statistics`). `resume` (--continue) skips finished cases and first removes the temporary
     files a killed run left in the output folder (without --part: other parts may be writing there).
     """
-    from autoseg.data.image_io import SUPPORTED_ENDINGS, check_inputs, read_image
-    from autoseg.inference.exporter import Exporter, ExportJob, export_workers
-
     source = predictors[0].source
-    every = list_inputs(inp, source)
+    every, problems = scan_inputs(inp, source)
     k, n = part
     cases = every[k - 1 :: n]
     out = Path(out)
-    single_file = Path(inp).is_file() and out.name.lower().endswith(SUPPORTED_ENDINGS)
+    single_file = Path(inp).is_file() and out.name.lower().endswith(supported_endings())
 
     def target_of(case: InputCase) -> Path:
         return out if single_file else out / f"{case.case_id}{case.ending}"
 
-    for case in cases:  # every input is checked before the first output is written (no partial output folder)
-        check_inputs(case.files)
+    # every input is checked, and every problem named, before the first output is written (no partial output folder)
+    if problems := problems + input_problems(cases, predictors[0].in_channels):
+        raise problems_error(problems)
     if resume and not single_file and n == 1:
-        from autoseg.serialization import remove_stale_temps
-
         remove_stale_temps(out)
     todo = []
     for case in cases:
@@ -233,12 +208,7 @@ def predict_folder(
     start = time.perf_counter()
     with Exporter(workers) as exporter:
         for case in progress(todo, desc="predict", unit="case"):
-            image, geometry = read_image(case.files, check_integrity=False)  # checked above
-            if image.shape[0] != predictors[0].in_channels:
-                raise ImageIOError(
-                    f"case {case.case_id!r}: the image has {image.shape[0]} channel(s) "
-                    f"({', '.join(str(f) for f in case.files)}), the model expects {predictors[0].in_channels}"
-                )
+            image, geometry = read_image(case.files, check_integrity=False)  # checked above, channels included
             target = target_of(case)
             npz = target.parent / f"{case.case_id}.npz" if save_probabilities else None
             members = [p.network_output(image, geometry) for p in predictors]
@@ -266,8 +236,6 @@ def write_folder_statistics(cases, target_of, known: dict, source: ModelSource, 
     """statistics.csv of every case in `cases` whose segmentation exists: rows from `known` (case id -> rows, the
     cases just predicted), the others computed from their segmentation file and input image (--continue, other
     --part shares). One row per case and foreground label, cases in input order; written atomically."""
-    from autoseg.evaluation.statistics import statistics_from_files, write_statistics_csv
-
     rows, n = [], 0
     for case in progress(cases, desc="statistics", unit="case"):
         if case.case_id in known:
@@ -322,7 +290,7 @@ def choose_configurations(source: ModelSource, configuration: str | None, ensemb
 
 
 def run_predict(
-    ws,
+    ws: Workspace,
     inp,
     out,
     *,
@@ -350,8 +318,6 @@ def run_predict(
     `workers`: export processes (fewer when the largest case would not fit memory; None: `default_export_workers`);
     `statistics`: statistics.csv.
     """
-    from autoseg.bundle import resolve_source
-
     share = parse_part(part)
     if workers is not None and workers < 1:
         raise ConfigError(f"-j/--workers {workers}: must be at least 1 (1 = export in the main process)")

@@ -16,6 +16,8 @@ from autoseg.errors import WorkspaceError
 from autoseg.log import logger
 from autoseg.planning.plans import Configuration, Plans
 from autoseg.preprocessing.normalize import resolve_scheme
+from autoseg.resources import available_memory as available
+from autoseg.resources import choose_workers
 from autoseg.serialization import load_json, remove_stale_temps, save_json, to_json
 
 FORMAT_VERSION = 1  # bump when the stored arrays change meaning
@@ -47,14 +49,14 @@ class FolderLock:
         fh = open(self.path, "a+")  # noqa: SIM115 - held open for the lock's lifetime
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        except BlockingIOError as exc:
             fh.seek(0)
             holder = fh.read().strip() or "unknown"
             fh.close()
             raise WorkspaceError(
                 f"{self.path.parent}: another process (pid {holder}) is preprocessing this configuration; wait for it "
                 f"to finish (the lock {self.path} is released automatically when it ends)"
-            ) from None
+            ) from exc
         fh.seek(0)
         fh.truncate()
         fh.write(str(os.getpid()))
@@ -152,12 +154,8 @@ def prepare_folder(folder: Path, settings: dict, overwrite: bool) -> None:
 
 def choose_jobs(requested: int, bytes_per_case: float, available: float | None = None, what: str = "") -> int:
     """Workers that fit 80 % of the available memory, between 1 and `requested` (see autoseg.resources)."""
-    from autoseg.resources import choose_workers
-
     return choose_workers(requested, bytes_per_case, what, available, stage="preprocess")
 
 
 def available_memory() -> float | None:
-    from autoseg.resources import available_memory as available
-
     return available()

@@ -8,9 +8,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from autoseg.data.dataset import load_dataset
 from autoseg.errors import AutosegError, DatasetError
 from autoseg.log import logger
 from autoseg.preprocessing.preprocess import PreprocessReport, preprocess_dataset
+from autoseg.workspace import Workspace
 
 
 @dataclass(frozen=True)
@@ -28,11 +30,11 @@ def _stage(module: str, attr: str, what: str):
     try:
         return getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError) as exc:
-        raise AutosegError(f"the {what} stage is not available in this autoseg ({module}.{attr}: {exc})") from None
+        raise AutosegError(f"the {what} stage is not available in this autoseg ({module}.{attr}: {exc})") from exc
 
 
 def plan_and_preprocess(
-    ws,
+    ws: Workspace,
     dataset: str,
     configurations: Sequence[str] | None = None,
     jobs: int = 2,
@@ -55,8 +57,6 @@ def plan_and_preprocess(
     if report.problems:
         shown = "\n".join(report.problems[:10])
         raise DatasetError(f"{folder}: {len(report.problems)} problem(s) found, fix them first:\n{shown}")
-    from autoseg.data.dataset import load_dataset
-
     spec = load_dataset(folder)
     fingerprint, rows = _stage("autoseg.fingerprint.extract", "extract_fingerprint", "fingerprint")(spec, jobs)
     write = _stage("autoseg.fingerprint.extract", "write_fingerprint", "fingerprint")

@@ -1,6 +1,6 @@
 """Preprocess one case (transpose -> crop -> normalise -> resample -> foreground locations) and whole datasets.
 
-`preprocess_case` is the pure per-case transform (nnunet-rules.md d) used for training data and at inference;
+`preprocess_case` is the pure per-case transform (nnU-Net's preprocessing) used for training data and at inference;
 `preprocess_dataset` runs it over a raw dataset for one or more configurations of a plans file:
 
 - one joblib/loky task per case: the case is read, cropped and normalised once and then resampled for every
@@ -24,7 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from joblib import Parallel, delayed
 
+from autoseg.data.crop import crop_to_nonzero
 from autoseg.data.dataset import check_num_training, list_cases, load_dataset
 from autoseg.data.geometry import PSEUDO_SPACING_2D, Geometry
 from autoseg.data.image_io import read_image, read_label
@@ -33,7 +35,6 @@ from autoseg.errors import DatasetError, FingerprintError
 from autoseg.fingerprint.fingerprint import DatasetFingerprint
 from autoseg.log import logger, progress
 from autoseg.planning.plans import Configuration, Plans
-from autoseg.preprocessing.crop import crop_to_nonzero
 from autoseg.preprocessing.folders import (
     FolderLock,
     SharedFolderLock,
@@ -44,8 +45,10 @@ from autoseg.preprocessing.folders import (
 )
 from autoseg.preprocessing.normalize import normalize, resolve_scheme
 from autoseg.preprocessing.resample import compute_new_shape, resample_data, resample_labels, separate_z_axis
-from autoseg.preprocessing.storage import CaseProperties, PreprocessedCase, atomic_write, is_complete, save_case
+from autoseg.preprocessing.storage import CaseProperties, PreprocessedCase, is_complete, save_case
 from autoseg.resources import COPIES, case_bytes, describe
+from autoseg.serialization import atomic_write
+from autoseg.workspace import Workspace
 
 LOCATION_SEED = 1234
 MAX_LOCATIONS = 10_000
@@ -111,7 +114,12 @@ def crop_and_transpose(image: np.ndarray, seg: np.ndarray | None, geometry: Geom
 
 def normalized(cropped: CroppedCase, configuration: Configuration, intensity: tuple | None) -> np.ndarray:
     return normalize(
-        cropped.image, cropped.seg, configuration.normalization, configuration.use_mask_for_norm, intensity
+        cropped.image,
+        cropped.seg,
+        configuration.normalization,
+        configuration.use_mask_for_norm,
+        intensity,
+        configuration.normalization_kwargs,
     )
 
 
@@ -147,7 +155,7 @@ def preprocess_case(
     geometry: Geometry,
     plans: Plans,
     configuration: Configuration,
-    fingerprint=None,
+    fingerprint: DatasetFingerprint | None = None,
     case_id: str = "case",
 ) -> PreprocessedCase:
     """Preprocess one case for `configuration` (training data, or a test image when `seg` is None).
@@ -185,7 +193,7 @@ class PreprocessReport:
 
 def copy_ground_truth(src: Path, dst: Path) -> None:
     data = src.read_bytes()
-    atomic_write(dst, lambda fh: fh.write(data))
+    atomic_write(dst, lambda fh: fh.write(data), fsync=False)
 
 
 def process_case(
@@ -218,12 +226,12 @@ def process_case(
     return case.case_id
 
 
-def bytes_per_case(fingerprint, plans: Plans, targets: list[Target]) -> float:
+def bytes_per_case(fingerprint: DatasetFingerprint | None, plans: Plans, targets: list[Target]) -> float:
     """Rough peak memory of one worker: the largest case in float32, times the largest resampling zoom, x 6."""
     return _worst_case(fingerprint, plans, targets)[0]
 
 
-def _worst_case(fingerprint, plans: Plans, targets: list[Target]) -> tuple[float, str]:
+def _worst_case(fingerprint: DatasetFingerprint | None, plans: Plans, targets: list[Target]) -> tuple[float, str]:
     """(peak bytes of one worker, description of that case) from the fingerprint's shapes and spacings."""
     if fingerprint is None or not fingerprint.cases:
         return 0.0, ""
@@ -237,7 +245,9 @@ def _worst_case(fingerprint, plans: Plans, targets: list[Target]) -> tuple[float
     return worst, describe(shape, channels)
 
 
-def _targets(ws, name: str, plans: Plans, configurations: Sequence[str] | None) -> tuple[list[Target], list[str]]:
+def _targets(
+    ws: Workspace, name: str, plans: Plans, configurations: Sequence[str] | None
+) -> tuple[list[Target], list[str]]:
     names = list(configurations) if configurations else plans.names()
     targets: dict[str, Target] = {}
     skipped = []
@@ -251,7 +261,7 @@ def _targets(ws, name: str, plans: Plans, configurations: Sequence[str] | None) 
     return list(targets.values()), skipped
 
 
-def _intensity(ws, name: str, plans: Plans, targets: list[Target]):
+def _intensity(ws: Workspace, name: str, plans: Plans, targets: list[Target]):
     """(intensity stats for the "ct" scheme, fingerprint or None): from the plans, else the fingerprint file."""
     fp_path = ws.fingerprint_file(name)
     fingerprint = DatasetFingerprint.load(fp_path) if fp_path.is_file() else None
@@ -267,7 +277,7 @@ def _intensity(ws, name: str, plans: Plans, targets: list[Target]):
 
 
 def preprocess_dataset(
-    ws, dataset_name: str, plans: Plans, configurations: Sequence[str] | None = None, jobs: int = 2,
+    ws: Workspace, dataset_name: str, plans: Plans, configurations: Sequence[str] | None = None, jobs: int = 2,
     overwrite: bool = False,
 ) -> PreprocessReport:  # fmt: skip
     """Preprocess every training case of raw dataset `dataset_name` for `configurations` (default: all in `plans`).
@@ -328,9 +338,7 @@ def rollback(
         parent.rmdir()
 
 
-def _run(spec, cases, plans, targets, skipped, gt: Path, stats, jobs: int, overwrite: bool, made: dict):
-    from joblib import Parallel, delayed
-
+def _run(spec, cases, plans: Plans, targets, skipped, gt: Path, stats, jobs: int, overwrite: bool, made: dict):
     (intensity, fingerprint), dataset_name = stats, spec.folder.name
     for t in targets:
         prepare_folder(t.folder, folder_settings(plans, t.configuration, intensity), overwrite)

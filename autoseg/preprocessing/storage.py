@@ -14,17 +14,13 @@ with ``mmap_mode='r'`` reads a random patch without decompressing the whole case
 
 from __future__ import annotations
 
-import os
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 
 from autoseg.data.geometry import Geometry
-from autoseg.serialization import dumps, from_json, load_json
+from autoseg.serialization import atomic_write, dumps, from_json, load_json
 
 
 @dataclass(frozen=True)
@@ -49,27 +45,8 @@ class PreprocessedCase:
     class_locations: dict[int, np.ndarray]  # label -> (N, 3) int32 voxel coordinates
 
 
-def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write through `write(fh)` into a temporary file beside `path`, then rename it over `path`.
-
-    A killed process leaves at most a ``.<name>.*.tmp`` file (removed by the next preprocessing run), never a partial
-    `path`. No fsync: preprocessed data is a regenerable cache and fsync of every file made preprocessing about twice
-    as slow (docs/benchmarks.md); after a power loss re-run with ``--overwrite``.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _save_npy(path: Path, arr: np.ndarray) -> None:
-    atomic_write(path, lambda fh: np.save(fh, np.ascontiguousarray(arr), allow_pickle=False))
+    atomic_write(path, lambda fh: np.save(fh, np.ascontiguousarray(arr), allow_pickle=False), fsync=False)
 
 
 def _pack_locations(locations: dict[int, np.ndarray]) -> np.ndarray:
@@ -96,7 +73,7 @@ def save_case(folder: str | Path, case: PreprocessedCase) -> None:
         _save_npy(folder / f"{cid}_seg.npy", seg.astype(dtype, copy=False))
     _save_npy(folder / f"{cid}_locs.npy", _pack_locations(case.class_locations))
     text = dumps(case.properties).encode("utf-8")
-    atomic_write(folder / f"{cid}.json", lambda fh: fh.write(text))
+    atomic_write(folder / f"{cid}.json", lambda fh: fh.write(text), fsync=False)
 
 
 def is_complete(folder: str | Path, case_id: str) -> bool:

@@ -15,38 +15,34 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from joblib import Parallel, delayed
 
+from autoseg.data.dataset import list_cases as raw_cases
+from autoseg.data.dataset import load_dataset
+from autoseg.data.image_io import read_image, read_label
+from autoseg.data.splits import load_or_create_splits
 from autoseg.errors import ConfigError, DatasetError
+from autoseg.fingerprint.fingerprint import DatasetFingerprint
 from autoseg.log import logger, progress
-from autoseg.serialization import load_json, save_json
+from autoseg.planning.plans import Configuration, Plans
+from autoseg.preprocessing.cascade import convert_case
+from autoseg.preprocessing.storage import list_cases
+from autoseg.serialization import atomic_write, load_json, save_json
+from autoseg.workspace import Workspace
 
 SOURCE_FILE = ".source.json"  # which plans / trainer / previous stage the maps were made from
 SEQUENTIAL_BELOW = 8  # fewer cases than this are converted in this process (no worker start-up)
 
 
-def prev_stage_folder(ws, dataset: str, conf) -> Path:
+def prev_stage_folder(ws: Workspace, dataset: str, conf: Configuration) -> Path:
     """``preprocessed/<dataset>/<configuration>_prev_stage``: one ``<case>.npy`` label map per case."""
     return ws.preprocessed_dataset(dataset) / f"{conf.name}_prev_stage"
 
 
-def one_hot(label_map: np.ndarray, labels: Sequence[int]) -> np.ndarray:
-    """float32 (len(labels), *shape): channel i is 1 where `label_map` equals labels[i] (other values: all 0)."""
-    label_map = np.asarray(label_map)
-    out = np.empty((len(labels), *label_map.shape), dtype=np.float32)
-    for i, v in enumerate(labels):
-        np.equal(label_map, v, out=out[i], casting="unsafe")
-    return out
-
-
-def with_prev_stage(data: np.ndarray, folder: Path, case_id: str, labels: Sequence[int]) -> np.ndarray:
-    """A preprocessed case's data (C, *shape) with its stored previous-stage map appended as one-hot channels."""
-    return np.concatenate([data, one_hot(np.load(folder / f"{case_id}.npy"), labels)])
-
-
-def prediction_sources(ws, dataset: str, plans, conf, trainer: str, case_ids: Sequence[str]):
+def prediction_sources(
+    ws: Workspace, dataset: str, plans: Plans, conf: Configuration, trainer: str, case_ids: Sequence[str]
+):
     """(case -> the previous stage's validation prediction of the fold that validated it, missing files)."""
-    from autoseg.data.splits import load_or_create_splits
-    from autoseg.fingerprint.fingerprint import DatasetFingerprint
 
     ending = DatasetFingerprint.load(ws.fingerprint_file(dataset)).file_ending
     splits_path = ws.splits_file(dataset)
@@ -55,14 +51,14 @@ def prediction_sources(ws, dataset: str, plans, conf, trainer: str, case_ids: Se
     splits = load_or_create_splits(splits_path, case_ids, write=False)
     sources: dict[str, Path] = {}
     for k, split in enumerate(splits):
-        val = ws.run_dir(dataset, plans.name, conf.previous_stage, trainer, k) / "validation"
+        val = ws.run(dataset, plans.name, conf.previous_stage, trainer, k).validation
         for cid in split["val"]:
             sources.setdefault(cid, val / f"{cid}{ending}")
     missing = [sources.get(cid, Path(f"<no fold validates {cid}>")) for cid in case_ids]
     return sources, [p for p in missing if not p.is_file()]
 
 
-def missing_text(conf, missing: Sequence[Path], dataset: str = "<dataset>") -> str:
+def missing_text(conf: Configuration, missing: Sequence[Path], dataset: str = "<dataset>") -> str:
     shown = ", ".join(str(p) for p in missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
     return (
         f"configuration {conf.name!r} is a cascade stage and needs the cross-validation predictions of "
@@ -71,9 +67,8 @@ def missing_text(conf, missing: Sequence[Path], dataset: str = "<dataset>") -> s
     )
 
 
-def missing_predictions(ws, dataset: str, plans, conf, trainer: str) -> list[Path]:
+def missing_predictions(ws: Workspace, dataset: str, plans: Plans, conf: Configuration, trainer: str) -> list[Path]:
     """The previous stage's validation predictions that a cascade fold still needs (empty: ready to train)."""
-    from autoseg.preprocessing.storage import list_cases
 
     cases = list_cases(ws.preprocessed_config(dataset, conf.data_identifier))
     try:
@@ -82,20 +77,16 @@ def missing_predictions(ws, dataset: str, plans, conf, trainer: str) -> list[Pat
         return [ws.splits_file(dataset)]
 
 
-def convert_case(image, prediction, geometry, plans, conf, fingerprint, case_id: str = "case"):
-    """Preprocess `image` with the raw-grid label map `prediction` as its label -> (PreprocessedCase, the label
-    map in the configuration's grid: uint8/uint16, 0 outside the nonzero region)."""
-    from autoseg.preprocessing.preprocess import preprocess_case
-
-    case = preprocess_case(image, prediction, geometry, plans, conf, fingerprint, case_id)
-    seg = np.maximum(case.seg[0], 0)
-    return case, seg.astype(np.uint8 if seg.max(initial=0) < 256 else np.uint16)
-
-
-def _convert_one(raw_case, pred_path: Path, plans, conf, fingerprint, out: Path, stored_shape) -> str:
+def _convert_one(
+    raw_case,
+    pred_path: Path,
+    plans: Plans,
+    conf: Configuration,
+    fingerprint: DatasetFingerprint | None,
+    out: Path,
+    stored_shape,
+) -> str:
     """Worker task: preprocess one case with its prediction as label; write the label map atomically."""
-    from autoseg.data.image_io import read_image, read_label
-    from autoseg.preprocessing.storage import atomic_write
 
     image, geometry = read_image(raw_case.images, check_integrity=False)
     prediction, _ = read_label(pred_path)
@@ -107,22 +98,17 @@ def _convert_one(raw_case, pred_path: Path, plans, conf, fingerprint, out: Path,
             f"{pred_path}: preprocessed to shape {seg.shape}, but the stored case has {tuple(stored_shape)}; "
             "preprocess the data again (`autoseg preprocess --overwrite`)"
         )
-    atomic_write(out, lambda fh: np.save(fh, seg))
+    atomic_write(out, lambda fh: np.save(fh, seg), fsync=False)
     return raw_case.case_id
 
 
-def build_prev_stage(ws, dataset: str, plans, conf, plans_name: str, trainer: str, jobs: int = 2) -> Path:
+def build_prev_stage(
+    ws: Workspace, dataset: str, plans: Plans, conf: Configuration, plans_name: str, trainer: str, jobs: int = 2
+) -> Path:
     """Write every case's previous-stage map into `prev_stage_folder` (resumable); returns the folder.
 
     A case is skipped when its map is newer than its prediction and was made from the same plans / trainer.
     """
-    from joblib import Parallel, delayed
-
-    from autoseg.data.dataset import list_cases as raw_cases
-    from autoseg.data.dataset import load_dataset
-    from autoseg.fingerprint.fingerprint import DatasetFingerprint
-    from autoseg.preprocessing.storage import list_cases
-
     if conf.previous_stage is None:
         raise ConfigError(f"configuration {conf.name!r} is not a cascade stage (no previous_stage)")
     data_folder = ws.preprocessed_config(dataset, conf.data_identifier)

@@ -9,10 +9,8 @@ the previous checkpoint intact. A file that needs unpickling of arbitrary object
 from __future__ import annotations
 
 import io
-import pickle
 import platform
 import random
-import re
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +19,7 @@ import torch
 
 from autoseg import __version__
 from autoseg.errors import ConfigError
+from autoseg.networks.weights import load_weights_only
 from autoseg.serialization import atomic_write_bytes
 
 FORMAT_VERSION = 1
@@ -71,40 +70,12 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     return atomic_write_bytes(path, buf.getvalue())
 
 
-def _load_weights_only(path: Path, map_location, kind: str):
-    """torch.load with ``weights_only=True``: a pickled object is refused, an unreadable file is an error; both
-    raise ConfigError naming the file (`kind`: "checkpoint" or "weights file", for the message)."""
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
-        what = f" ({found.group(1)})" if found else ""
-        raise ConfigError(
-            f"{path}: refused to load: the {kind} contains pickled Python objects{what} that could execute code "
-            "when loaded; only files of tensors and plain values are accepted"
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise ConfigError(f"{path}: not a readable {kind} ({type(exc).__name__}: {str(exc)[:200]})") from None
-
-
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load with ``weights_only=True``; pickled objects, truncated files and foreign formats raise ConfigError."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: checkpoint not found")
-    data = _load_weights_only(path, map_location, "checkpoint")
+    data = load_weights_only(path, map_location, "checkpoint")
     if not isinstance(data, dict) or "model" not in data:
         raise ConfigError(f"{path}: not an autoseg checkpoint (no 'model' entry)")
     return data
-
-
-def load_weights(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    """Model weights from a training checkpoint (its 'model' entry) or a plain weights file (a bundle's weights.pt),
-    loaded the same way as every checkpoint: no code is ever unpickled."""
-    path = Path(path)
-    if path.name.startswith("checkpoint_"):
-        return load_checkpoint(path, map_location)["model"]
-    state = _load_weights_only(path, map_location, "weights file")
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ConfigError(f"{path}: not a state dict of tensors")
-    return state

@@ -10,20 +10,27 @@ from pathlib import Path
 
 import torch
 
+from autoseg.data.splits import fold_cases, load_or_create_splits
+from autoseg.device import resolve_device
 from autoseg.errors import ConfigError
+from autoseg.fingerprint.fingerprint import DatasetFingerprint
 from autoseg.log import logger
+from autoseg.planning.plans import Configuration, Plans
+from autoseg.preprocessing.storage import list_cases
+from autoseg.training import cascade
 from autoseg.training import distributed as D
 from autoseg.training.checkpoint import load_checkpoint
 from autoseg.training.config import TrainConfig, config_from_dict
 from autoseg.training.distributed import DistInfo
+from autoseg.workspace import RunFolder, Workspace
 
 
 @dataclass(frozen=True)
 class FoldContext:
-    ws: object  # Workspace
+    ws: Workspace
     dataset: str
-    plans: object  # Plans
-    configuration: object  # Configuration
+    plans: Plans
+    configuration: Configuration
     fold: int | str
     trainer_name: str
     run_dir: Path
@@ -37,6 +44,10 @@ class FoldContext:
     prev_stage_folder: Path | None = None  # cascade: the previous stage's maps (autoseg.training.cascade)
 
     @property
+    def run(self) -> RunFolder:
+        return RunFolder(self.run_dir)
+
+    @property
     def header(self) -> str:
         return (
             f"# {self.dataset} plans={self.plans.name} configuration={self.configuration.name} "
@@ -45,34 +56,16 @@ class FoldContext:
         )
 
 
-def resolve_device(name: str | None) -> torch.device:
-    """'cuda' | 'cpu' | 'cuda:1' | None (CUDA when available)."""
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(
-            f"--device {name}: CUDA is not available on this machine (torch {torch.__version__}); use --device cpu, "
-            "or leave --device out to use CUDA only when it is available"
-        )
-    if not (name == "cpu" or name.startswith("cuda")):
-        raise ConfigError(f"--device {name!r}: use cpu or cuda")
-    return torch.device(name)
-
-
 def fold_context(
-    ws,
+    ws: Workspace,
     dataset: str,
-    plans,
+    plans: Plans,
     configuration_name: str,
     fold,
     trainer_name: str,
     group_by: str | None = None,
     write: bool = True,
 ) -> FoldContext:
-    from autoseg.data.splits import fold_cases, load_or_create_splits
-    from autoseg.fingerprint.fingerprint import DatasetFingerprint
-    from autoseg.preprocessing.storage import list_cases
-
     conf = plans.configuration(configuration_name)
     folder = ws.preprocessed_config(dataset, conf.data_identifier)
     cases = list_cases(folder)
@@ -105,10 +98,10 @@ def fold_context(
     )
 
 
-def _prev_stage(ws, dataset: str, plans, conf, trainer_name: str, cases, write: bool) -> Path:
+def _prev_stage(
+    ws: Workspace, dataset: str, plans: Plans, conf: Configuration, trainer_name: str, cases, write: bool
+) -> Path:
     """The cascade's previous-stage folder: built by the main process (`write`), checked by the others."""
-    from autoseg.training import cascade
-
     missing = cascade.missing_predictions(ws, dataset, plans, conf, trainer_name)
     if missing:  # every rank raises the same error (no rank waits at the barrier below for nothing)
         raise ConfigError(cascade.missing_text(conf, missing, dataset))
@@ -155,13 +148,14 @@ def setup_runtime(device: str | None, deterministic: bool) -> tuple[torch.device
 
 def find_resume_state(run_dir: Path, cfg: TrainConfig, resume: bool) -> tuple[dict | None, TrainConfig]:
     """(checkpoint to continue from or None, train config to use); refuses to overwrite a run without --resume."""
+    run = RunFolder(run_dir)
     if not resume:
-        if (run_dir / "checkpoint_latest.pt").is_file():
+        if run.latest.is_file():
             raise ConfigError(f"{run_dir} already holds a training run; continue it with --resume or delete the folder")
         return None, cfg
-    for name in ("checkpoint_latest.pt", "checkpoint_final.pt"):
-        if (run_dir / name).is_file():
-            ckpt = load_checkpoint(run_dir / name)
-            return ckpt, resume_config(ckpt, cfg, run_dir / name)
+    for path in (run.latest, run.final):
+        if path.is_file():
+            ckpt = load_checkpoint(path)
+            return ckpt, resume_config(ckpt, cfg, path)
     logger.info(f"--resume: no checkpoint in {run_dir}, starting from scratch")
     return None, cfg

@@ -6,12 +6,15 @@ from collections.abc import Sequence
 
 from autoseg.errors import PlansError
 from autoseg.log import logger
+from autoseg.planning.plans import Plans
+from autoseg.training.cascade import missing_predictions
 from autoseg.training.config import TrainConfig, apply_overrides
 from autoseg.training.distributed import env_info, shutdown
 from autoseg.training.trainer import FoldResult, train_fold
+from autoseg.workspace import Workspace
 
 
-def default_configurations(plans) -> list[str]:
+def default_configurations(plans: Plans) -> list[str]:
     """Every configuration in plans order, a cascade stage right after its previous stage (whose cross-validation
     predictions it needs), e.g. 2d, 3d_fullres, 3d_lowres, 3d_cascade_fullres."""
     order = [c.name for c in plans.configurations if c.previous_stage is None]
@@ -26,10 +29,8 @@ def default_configurations(plans) -> list[str]:
     return order
 
 
-def cascade_ready(ws, name: str, plans, configuration: str, trainer: str) -> bool:
+def cascade_ready(ws: Workspace, name: str, plans: Plans, configuration: str, trainer: str) -> bool:
     """False (with a log line saying why) when a cascade stage's previous-stage predictions are incomplete."""
-    from autoseg.training.cascade import missing_predictions
-
     conf = plans.configuration(configuration)
     if conf.previous_stage is None:
         return True
@@ -43,7 +44,7 @@ def cascade_ready(ws, name: str, plans, configuration: str, trainer: str) -> boo
 
 
 def train_folds(
-    ws,
+    ws: Workspace,
     dataset: str | int,
     configurations: Sequence[str] | None = None,
     folds: Sequence[int | str] = (0, 1, 2, 3, 4),
@@ -57,8 +58,6 @@ def train_folds(
     group_by: str | None = None,
     deterministic: bool = False,
 ) -> list[FoldResult]:
-    from autoseg.planning.plans import Plans
-
     name = ws.resolve(dataset)
     path = ws.plans_file(name, plans_name)
     if not path.is_file():

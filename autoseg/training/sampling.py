@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from autoseg.errors import ConfigError, DatasetError
+from autoseg.errors import DatasetError
 from autoseg.preprocessing import storage
 
 
@@ -23,21 +23,6 @@ def forced_foreground(batch_size: int, probability: float) -> list[bool]:
     """Which samples of a batch are forced to foreground: j >= round(B * (1 - p)) (B=2, p=0.33 -> [False, True])."""
     first = round(batch_size * (1 - probability))
     return [j >= first for j in range(batch_size)]
-
-
-def rank_batch(global_batch_size: int, oversample: float, rank: int, world_size: int) -> tuple[int, float]:
-    """(batch size, oversampling fraction) of one DDP rank so that the global batch keeps its forced-foreground pattern.
-
-    Ranks own consecutive samples of the global batch (the first `global % world` ranks one more).
-    """
-    if global_batch_size < world_size:
-        raise ConfigError(f"batch size {global_batch_size} is smaller than the number of processes ({world_size})")
-    base, extra = divmod(global_batch_size, world_size)
-    size = base + (1 if rank < extra else 0)
-    start = rank * base + min(rank, extra)
-    first_forced = round(global_batch_size * (1 - oversample))
-    unforced = min(max(first_forced - start, 0), size)
-    return size, 1.0 - unforced / size
 
 
 def lower_corner(
@@ -108,9 +93,9 @@ class CaseReader:
         path = self.prev_stage / f"{case_id}.npy"
         try:
             arr = np.load(path, mmap_mode="r")
-        except FileNotFoundError:
+        except FileNotFoundError as exc:
             need = "the cascade needs the previous stage's map of every case"
-            raise DatasetError(f"{path}: missing; {need}") from None
+            raise DatasetError(f"{path}: missing; {need}") from exc
         if arr.shape != tuple(shape):
             raise DatasetError(f"{path}: shape {arr.shape}, the case's seg has {tuple(shape)}")
         return arr

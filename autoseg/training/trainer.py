@@ -9,7 +9,8 @@ Customise by subclassing and overriding one ``build_*`` method, then register th
         def build_optimizer(self, model):
             return torch.optim.AdamW(model.parameters(), lr=3e-4)
 
-and train with ``autoseg train -d 4 --trainer adamw_small_lr --plugin my_module``.
+and train with ``autoseg train -d 4 --trainer adamw_small_lr --plugin my_module``. Keyword arguments of a trainer's
+``__init__`` beyond autoseg's (fc, cfg, device, num_workers, deterministic) come from ``--set trainer_kwargs.KEY=V``.
 """
 
 from __future__ import annotations
@@ -25,15 +26,21 @@ import numpy as np
 import torch
 
 from autoseg.log import logger
-from autoseg.registry import Registry
+from autoseg.networks.build import build_network
+from autoseg.planning.plans import Plans
+from autoseg.registry import Registry, imported_plugins
 from autoseg.serialization import load_json, remove_stale_temps
 from autoseg.training import distributed as D
 from autoseg.training import progress as P
 from autoseg.training.checkpoint import capture_rng, restore_rng, save_checkpoint
 from autoseg.training.config import TrainConfig, save_train_config
 from autoseg.training.context import FoldContext, find_resume_state, fold_context, setup_runtime
+from autoseg.training.loader import default_num_workers, make_loaders
 from autoseg.training.loop import StepContext, train_epoch, val_epoch
+from autoseg.training.losses import DeepSupervisionLoss, build_loss, deep_supervision_weights
 from autoseg.training.optim import build_optimizer, poly_lr, set_lr
+from autoseg.training.validation import validate_fold
+from autoseg.workspace import RunFolder, Workspace
 
 trainers: Registry = Registry("trainer")
 
@@ -58,15 +65,12 @@ class Trainer:
 
     # ---- build_* hooks (override one in a subclass) ----------------------------------------------------------
     def build_network(self) -> torch.nn.Module:
-        from autoseg.networks.build import build_network
-
         conf = self.fc.configuration
         return build_network(conf.network, self.fc.in_channels, self.fc.num_classes, self.cfg.deep_supervision)
 
     def build_loss(self) -> torch.nn.Module:
-        from autoseg.training.losses import DeepSupervisionLoss, build_loss, deep_supervision_weights
-
-        loss = build_loss(self.cfg.loss, self.fc.num_classes, self.fc.configuration.batch_dice)
+        conf, cfg = self.fc.configuration, self.cfg
+        loss = build_loss(cfg.loss, self.fc.num_classes, conf.batch_dice, kwargs=cfg.loss_kwargs)
         if not self.cfg.deep_supervision:
             return loss
         n_outputs = len(self.fc.configuration.network.params["strides"]) - 1
@@ -84,8 +88,6 @@ class Trainer:
 
     def build_loaders(self, start_batches: tuple[int, int] = (0, 0)):
         """(train, val) batch iterators of this rank, seeded by (seed, fold, rank) and started at `start_batches`."""
-        from autoseg.training.loader import make_loaders
-
         conf, cfg, info = self.fc.configuration, self.cfg, self.dist
         global_bs = cfg.batch_size or conf.batch_size
         _, local_bs = D.split_batch(global_bs, info.rank, info.world_size)
@@ -171,8 +173,8 @@ class Trainer:
             self.load_state(resume_from)
             logger.info(f"resuming {self.fc.run_dir} at epoch {self.start_epoch} of {self.cfg.epochs}")
         if self.dist.is_main:
-            save_train_config(self.fc.run_dir / "train_config.json", self.cfg)
-            self.fc.plans.save(self.fc.run_dir / "plans.json")
+            save_train_config(self.fc.run.train_config, self.cfg)
+            self.fc.plans.with_plugins(imported_plugins()).save(self.fc.run.plans)  # predict imports them again
         loaders = self.build_loaders(self.loader_positions) if self.start_epoch < self.cfg.epochs else None
         try:
             for epoch in range(self.start_epoch, self.cfg.epochs):
@@ -199,18 +201,18 @@ class Trainer:
         if improved:
             self.best_ema = self.ema
         if self.dist.is_main:
-            run_dir = self.fc.run_dir
+            run = self.fc.run
             state = self.state(epoch + 1)
-            save_checkpoint(run_dir / "checkpoint_latest.pt", state)
+            save_checkpoint(run.latest, state)
             if improved:
-                save_checkpoint(run_dir / "checkpoint_best.pt", state)
-            P.write_files(run_dir, self.curves, self.fc.foreground_labels, self.fc.header)
+                save_checkpoint(run.best, state)
+            P.write_files(run.path, self.curves, self.fc.foreground_labels, self.fc.header)
             logger.info(P.format_line(rec, self.fc.foreground_labels))
         self.on_epoch_end(epoch, rec)
 
     def _finish(self) -> FoldResult:
         run_dir, done = self.fc.run_dir, len(self.curves["epoch"])
-        final = run_dir / "checkpoint_final.pt"
+        final = self.fc.run.final
         if self.dist.is_main:
             save_checkpoint(final, self.state(max(self.start_epoch, self.cfg.epochs)))
         if self.dist.enabled:
@@ -220,10 +222,8 @@ class Trainer:
             if self.dist.is_main:
                 logger.info(f"DDP: weights identical on all {self.dist.world_size} ranks")
         summary = None
-        summary_file = run_dir / "validation" / "summary.json"
+        summary_file = self.fc.run.validation_summary
         if self.cfg.validate_at_end and self.dist.is_main:
-            from autoseg.evaluation.validate import validate_fold
-
             if self.start_epoch >= self.cfg.epochs and summary_file.is_file():
                 summary = load_json(summary_file)  # a finished run resumed without more epochs
             else:
@@ -244,13 +244,13 @@ def remove_run_temps(run_dir: Path) -> int:
     """Remove the temporary files a killed run left in `run_dir` and its validation/ folder; log and return how many.
 
     Called by the owner of the run folder when a run is resumed (`autoseg train --resume`)."""
-    return sum(remove_stale_temps(folder) for folder in (run_dir, run_dir / "validation"))
+    return sum(remove_stale_temps(folder) for folder in (run_dir, RunFolder(run_dir).validation))
 
 
 def train_fold(
-    ws,
+    ws: Workspace,
     dataset: str,
-    plans,
+    plans: Plans,
     configuration_name: str,
     fold: int | str,
     train_config: TrainConfig,
@@ -269,8 +269,6 @@ def train_fold(
     if resume and info.is_main:  # the main rank owns the run folder (the other ranks never write it)
         remove_run_temps(fc.run_dir)
     if num_workers is None and info.enabled:
-        from autoseg.training.loader import default_num_workers
-
         num_workers = default_num_workers() // int(os.environ.get("LOCAL_WORLD_SIZE", info.world_size))
-    cls = trainers.get(trainer)
-    return cls(fc, train_config, dev, num_workers, deterministic).run(ckpt)
+    extra = train_config.trainer_kwargs  # the trainer class's own keyword arguments (--set trainer_kwargs.KEY=...)
+    return trainers.create(trainer, fc, train_config, dev, num_workers, deterministic, kwargs=extra).run(ckpt)

@@ -14,11 +14,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent / "inference"))
 from fake_model import make_fake_model, write_case  # noqa: E402
 
-from autoseg.bundle import export_bundle, install_bundle, load_bundle  # noqa: E402
+from autoseg.bundle import export_bundle, install_bundle  # noqa: E402
 from autoseg.cli.main import main  # noqa: E402
 from autoseg.data.image_io import read_file  # noqa: E402
 from autoseg.errors import AutosegError, ConfigError  # noqa: E402
 from autoseg.inference.predictor import run_predict  # noqa: E402
+from autoseg.inference.source import load_bundle  # noqa: E402
 from autoseg.workspace import Workspace  # noqa: E402
 
 DS = "Dataset991_Fake"

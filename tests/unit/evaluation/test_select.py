@@ -9,11 +9,11 @@ import pytest
 
 from autoseg.data.geometry import Geometry
 from autoseg.data.image_io import write_label
+from autoseg.data.probabilities import save_probabilities
 from autoseg.errors import ConfigError
 from autoseg.evaluation.select import Selection, maybe_select, predict_command, select_model, selection_report
 from autoseg.fingerprint.fingerprint import SCHEMA_VERSION as FP_VERSION
 from autoseg.fingerprint.fingerprint import DatasetFingerprint, IntensityStats
-from autoseg.inference.ensemble import save_probabilities
 from autoseg.planning.plans import SCHEMA_VERSION, Configuration, NetworkSpec, Plans
 
 DS = "Dataset993_Sel"

@@ -7,14 +7,14 @@ import pytest
 
 from autoseg.data.geometry import Geometry
 from autoseg.data.image_io import read_file, write_label
-from autoseg.errors import ImageIOError
-from autoseg.inference.ensemble import (
+from autoseg.data.probabilities import (
     average_probabilities,
-    ensemble_folders,
     load_probabilities,
     probabilities_to_labels,
     save_probabilities,
 )
+from autoseg.errors import ImageIOError
+from autoseg.inference.ensemble import ensemble_folders
 
 
 def test_average_and_argmax_hand_computed():

@@ -11,13 +11,14 @@ import pytest
 import torch
 from fake_model import make_fake_model, tiny_configuration, write_case
 
-from autoseg.bundle import resolve_source
 from autoseg.cli.main import main
 from autoseg.data.image_io import read_file
 from autoseg.errors import ConfigError
 from autoseg.inference.exporter import export_workers, network_zoom
 from autoseg.inference.predictor import Predictor, run_predict
-from autoseg.training.checkpoint import load_checkpoint, load_weights
+from autoseg.inference.source import resolve_source
+from autoseg.networks.weights import load_weights
+from autoseg.training.checkpoint import load_checkpoint
 from autoseg.workspace import Workspace
 
 SPACINGS = {"a": (2.0, 1.0, 1.0), "b": (3.0, 0.8, 0.5), "c": (1.5, 1.2, 0.9)}
@@ -179,7 +180,7 @@ def test_two_configurations_are_averaged_the_same_way_in_workers(workspace, inpu
     make_fake_model(workspace, configurations=confs, folds=(0,))
     src = resolve_source(workspace, 991)
     preds = [Predictor(src, c, [0], "cpu", tta=False) for c in ("3d_fullres", "3d_lowres")]
-    from autoseg.inference.ensemble import average_probabilities, load_probabilities
+    from autoseg.data.probabilities import average_probabilities, load_probabilities
     from autoseg.inference.predictor import predict_folder
 
     written = predict_folder(preds, inputs, tmp_path / "o", save_probabilities=True, workers=2)

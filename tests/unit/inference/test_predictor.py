@@ -9,9 +9,10 @@ from fake_model import make_fake_model, tiny_configuration, write_case
 
 from autoseg.cli.main import main
 from autoseg.data.image_io import read_file
+from autoseg.data.probabilities import load_probabilities
 from autoseg.errors import ConfigError, DatasetError
-from autoseg.inference.ensemble import load_probabilities
-from autoseg.inference.predictor import Predictor, list_inputs, parse_part, run_predict
+from autoseg.inference.inputs import list_inputs, parse_part
+from autoseg.inference.predictor import Predictor, run_predict
 from autoseg.workspace import Workspace
 
 DS = "Dataset991_Fake"
@@ -53,7 +54,7 @@ def test_geometry_is_exact_oblique_anisotropic_and_smaller_than_patch(model, tmp
 def test_folds_are_averaged_in_logit_space(model, tmp_path):
     source_cases = tmp_path / "in"
     write_case(source_cases, "c", (6, 12, 14), (2.0, 1.0, 1.0), seed=3)
-    from autoseg.bundle import resolve_source
+    from autoseg.inference.source import resolve_source
 
     src = resolve_source(model, 991)
     both = Predictor(src, "3d_fullres", [0, 1], "cpu", tta=False)
@@ -100,7 +101,7 @@ def test_missing_channel_file_is_named(workspace, tmp_path, capsys):
 def test_extra_channel_is_refused(model, tmp_path):
     inp = tmp_path / "in"
     write_case(inp, "q", (4, 10, 10), (2.0, 1.0, 1.0), channels=2)
-    from autoseg.bundle import resolve_source
+    from autoseg.inference.source import resolve_source
 
     with pytest.raises(DatasetError, match=r"q_0001.nii.gz: channel 1 is more than the model takes"):
         list_inputs(inp, resolve_source(model, 991))
@@ -119,8 +120,8 @@ def test_predict_without_dataset_uses_the_only_one_and_prefers_3d_fullres(worksp
     make_fake_model(workspace, configurations=confs, folds=(0,))
     inp = tmp_path / "in"
     geo = write_case(inp, "z", (3, 12, 12), (2.0, 1.0, 1.0))
-    from autoseg.bundle import resolve_source
     from autoseg.inference.predictor import choose_configurations
+    from autoseg.inference.source import resolve_source
 
     assert choose_configurations(resolve_source(workspace), None, False) == (("3d_fullres",), ())
     assert choose_configurations(resolve_source(workspace), "2d", False) == (("2d",), ())

@@ -12,8 +12,7 @@ from autoseg.cli.main import main
 from autoseg.data.geometry import Geometry
 from autoseg.data.image_io import write_image
 from autoseg.preprocessing.folders import SharedFolderLock
-from autoseg.preprocessing.storage import atomic_write
-from autoseg.serialization import atomic_write_text, is_temp_name, new_temp_file, remove_stale_temps
+from autoseg.serialization import atomic_write, atomic_write_text, is_temp_name, new_temp_file, remove_stale_temps
 from autoseg.training.checkpoint import save_checkpoint
 
 NAME = "Dataset999_Synthetic"

@@ -11,6 +11,7 @@ from autoseg.data.image_io import read_file, read_label
 from autoseg.errors import ConfigError
 from autoseg.fingerprint.extract import fingerprint_dataset
 from autoseg.planning.plans import SCHEMA_VERSION, Configuration, NetworkSpec, Plans
+from autoseg.preprocessing.cascade import convert_case
 from autoseg.preprocessing.preprocess import preprocess_dataset
 from autoseg.preprocessing.storage import list_cases, load_case
 from autoseg.training import cascade
@@ -111,7 +112,7 @@ def test_prev_stage_maps_are_the_lowres_predictions_in_the_fullres_grid(cascade_
         # the same preprocessing as the training labels: a map of the ground truth reproduces the stored seg
         gt, _ = read_label(ws.gt_folder(NAME) / f"{cid}.nii.gz")
         image, geo = read_file(ws.raw_dataset(NAME) / "imagesTr" / f"{cid}_0000.nii.gz")
-        _, from_gt = cascade.convert_case(image, gt, geo, plans, plans.configuration("3d_cascade_fullres"), None)
+        _, from_gt = convert_case(image, gt, geo, plans, plans.configuration("3d_cascade_fullres"), None)
         np.testing.assert_array_equal(from_gt, np.maximum(stored.seg[0], 0))
 
 
@@ -209,15 +210,15 @@ def test_predict_cascade_keeps_the_input_geometry(cascade_fold0, tmp_path):
     assert geo_out.spacing == geo_in.spacing and geo_out.origin == geo_in.origin
     np.testing.assert_allclose(geo_out.direction, geo_in.direction, rtol=0, atol=1e-6)
     assert set(np.unique(seg)) <= {0, 1, 2}
-    from autoseg.bundle import resolve_source
+    from autoseg.inference.source import resolve_source
 
     pred = Predictor(resolve_source(ws, 999), "3d_cascade_fullres", [0], "cpu", tta=False)
     assert pred.in_channels == 1 and pred.network_in_channels == 3 and pred.previous.folds == (0, 1, 2, 3, 4)
 
 
 def test_ensemble_of_lowres_and_cascade_runs_the_lowres_stage_once_per_case(cascade_fold0, tmp_path):
-    from autoseg.bundle import resolve_source
     from autoseg.inference.predictor import Predictor, predict_folder, share_previous_stages
+    from autoseg.inference.source import resolve_source
 
     ws, _, _ = cascade_fold0
     inp = ws.raw_dataset(NAME) / "imagesTs"

@@ -13,8 +13,9 @@ from autoseg.errors import ConfigError, DatasetError
 from autoseg.planning.plans import Configuration, NetworkSpec
 from autoseg.preprocessing.storage import CaseProperties, PreprocessedCase, save_case
 from autoseg.training.config import TrainConfig
+from autoseg.training.distributed import rank_oversampling, split_batch
 from autoseg.training.loader import benchmark_loader, make_loaders
-from autoseg.training.sampling import forced_foreground, rank_batch
+from autoseg.training.sampling import forced_foreground
 
 STRIDES_3D = [[1, 1, 1], [2, 2, 2], [2, 2, 2]]
 STRIDES_2D = [[1, 1], [2, 2], [2, 2]]
@@ -84,14 +85,14 @@ def test_forced_foreground_rule():
     assert forced_foreground(4, 0.0) == [False] * 4 and forced_foreground(4, 1.0) == [True] * 4
 
 
-def test_rank_batch_keeps_the_global_pattern():
+def test_rank_batches_keep_the_global_pattern():
     for world in (2, 3):
         flags = []
         for rank in range(world):
-            flags += forced_foreground(*rank_batch(7, 0.33, rank, world))
+            flags += forced_foreground(split_batch(7, rank, world)[1], rank_oversampling(7, 0.33, rank, world))
         assert flags == forced_foreground(7, 0.33)
     with pytest.raises(ConfigError, match="smaller than the number of processes"):
-        rank_batch(1, 0.33, 0, 2)
+        split_batch(1, 0, 2)
 
 
 def test_3d_batches_shapes_dtypes_and_deep_supervision(cases):
