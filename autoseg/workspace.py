@@ -167,6 +167,15 @@ class RunFolder:
         return self.path / "plans.json"
 
     @property
+    def log(self) -> Path:
+        """One line per epoch (the same line the console shows)."""
+        return self.path / "log.txt"
+
+    @property
+    def progress_csv(self) -> Path:
+        return self.path / "progress.csv"
+
+    @property
     def progress_plot(self) -> Path:
         return self.path / "progress.png"
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import io
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 from autoseg.serialization import atomic_write_bytes, atomic_write_text
+from autoseg.workspace import RunFolder
 
 CURVE_KEYS = ("epoch", "train_loss", "val_loss", "dice", "ema_dice", "lr", "seconds", "data_seconds")
 
@@ -55,12 +55,12 @@ def format_line(rec: EpochRecord, labels: tuple[int, ...]) -> str:
     )
 
 
-def write_files(folder: Path, curves: dict[str, list], labels: tuple[int, ...], header: str = "") -> None:
-    """Rewrite log.txt, progress.csv and progress.png from the curves."""
+def write_files(run: RunFolder, curves: dict[str, list], labels: tuple[int, ...], header: str = "") -> None:
+    """Rewrite the run's log.txt, progress.csv and progress.png from the curves."""
     recs = records(curves)
     lines = [header] if header else []
     lines += [format_line(r, labels) for r in recs]
-    atomic_write_text(folder / "log.txt", "\n".join(lines) + "\n")
+    atomic_write_text(run.log, "\n".join(lines) + "\n")
     cols = [
         "epoch",
         "train_loss",
@@ -75,8 +75,8 @@ def write_files(folder: Path, curves: dict[str, list], labels: tuple[int, ...], 
     for r in recs:
         vals = [r.epoch, r.train_loss, r.val_loss, *r.dice, r.ema_dice, r.lr, r.seconds, r.data_seconds]
         rows.append(",".join(str(v) if isinstance(v, int) else f"{v:.6g}" for v in vals))
-    atomic_write_text(folder / "progress.csv", "\n".join(rows) + "\n")
-    atomic_write_bytes(folder / "progress.png", plot_png(recs, labels))
+    atomic_write_text(run.progress_csv, "\n".join(rows) + "\n")
+    atomic_write_bytes(run.progress_plot, plot_png(recs, labels))
 
 
 def plot_png(recs: list[EpochRecord], labels: tuple[int, ...]) -> bytes:

@@ -206,7 +206,7 @@ class Trainer:
             save_checkpoint(run.latest, state)
             if improved:
                 save_checkpoint(run.best, state)
-            P.write_files(run.path, self.curves, self.fc.foreground_labels, self.fc.header)
+            P.write_files(run, self.curves, self.fc.foreground_labels, self.fc.header)
             logger.info(P.format_line(rec, self.fc.foreground_labels))
         self.on_epoch_end(epoch, rec)
 
