@@ -9,7 +9,10 @@ Measured on the preprocessed data of one configuration (``autoseg plan_and_prepr
 * on CUDA, peak GPU memory (``torch.cuda.max_memory_allocated``) against the planner's estimate: the plans'
   feature-map voxel count (autoseg.networks.memory) scaled as the planner scales it, i.e. ``reference_gb`` GB for
   ``reference`` voxels at the reference batch size (8 GB for 560e6 voxels at batch 2 for the 3D plain U-Net);
-* sliding-window inference seconds of one preprocessed case (the median-sized one), without and with mirror TTA.
+* sliding-window inference seconds of one preprocessed case (the median-sized one), without and with mirror TTA;
+* per augmentation pipeline (the batched torch one and the batchgenerators reference): CPU milliseconds per batch
+  of sampling alone and of all the CPU work of a batch, device milliseconds of the augmentation on a GPU, and the CPU
+  cores needed to feed one training step (the one measured here, or ``--step-ms``).
 
 The network, loss, optimizer and loaders come from the trainer class (`--trainer`), so a custom trainer is measured as
 it would train. From these numbers the wall time of a full training (1000 epochs x 250 + 50 iterations by default) is
@@ -22,6 +25,7 @@ import datetime
 import os
 import platform
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -36,9 +40,10 @@ from autoseg.planning.plans import Configuration, Plans
 from autoseg.preprocessing.cascade import with_prev_stage
 from autoseg.preprocessing.storage import list_cases, load_case
 from autoseg.serialization import save_json
+from autoseg.training.augment import augment_spec
 from autoseg.training.config import TrainConfig
 from autoseg.training.context import FoldContext, fold_context, setup_runtime
-from autoseg.training.loader import benchmark_loader, default_num_workers
+from autoseg.training.loader import TRAIN_STREAM, BatchSource, SampledBatch, benchmark_loader, default_num_workers
 from autoseg.training.loop import StepContext, compute_loss, train_step
 from autoseg.training.trainer import trainers
 from autoseg.workspace import Workspace
@@ -172,6 +177,52 @@ def _inference_times(
     return out
 
 
+PIPELINES = ("default", "batchgenerators")  # the batched torch pipeline and the batchgenerators reference
+
+
+def _augment_next(source: BatchSource, pending, device: torch.device) -> None:
+    source.augment(next(pending), device)
+
+
+def pipeline_costs(
+    fc: FoldContext, batch_size: int, device: torch.device, n_batches: int, step_ms: float | None
+) -> list[dict]:
+    """Per augmentation pipeline, in this process on one thread: CPU ms per batch of sampling alone and of sampling
+    plus everything the CPU does for a batch (for the torch pipeline on a GPU: sampling and drawing the parameters;
+    else sampling and augmenting), device ms of the augmentation when it runs on the GPU, and the CPU cores needed to
+    feed a training step of `step_ms` milliseconds."""
+    spec = augment_spec(fc.configuration, True, fc.foreground_labels if fc.prev_stage_folder is not None else ())
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    rows = []
+    try:
+        for name in PIPELINES:
+            on_gpu = device.type == "cuda"
+            source = BatchSource(
+                fc.data_folder, fc.train_ids, spec, name, batch_size, 0.33, 0, TRAIN_STREAM, fc.prev_stage_folder,
+                defer_augmentation=on_gpu,
+            )  # fmt: skip
+            rng = np.random.default_rng(0)
+            source.make(0)  # warm-up: opens the cases
+            start = time.process_time()
+            for _ in range(n_batches):
+                source.sampler.sample(rng, batch_size)
+            sampling = (time.process_time() - start) / n_batches * 1000
+            start = time.process_time()
+            made = [source.make(i) for i in range(1, n_batches + 1)]
+            cpu = (time.process_time() - start) / n_batches * 1000
+            device_ms = None
+            if isinstance(made[0], SampledBatch):
+                pending = iter(made)
+                device_ms = 1000 * _timed(device, partial(_augment_next, source, pending, device), n_batches)
+            cores = cpu / step_ms if step_ms else None
+            rows.append({"pipeline": name, "cpu_ms_sampling": sampling, "cpu_ms_per_batch": cpu,
+                         "device_ms_augmentation": device_ms, "step_ms": step_ms, "cores_needed": cores})  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+    return rows
+
+
 def _machine(device: torch.device) -> dict:
     try:
         cores = len(os.sched_getaffinity(0))
@@ -216,8 +267,12 @@ def run_benchmark(
     epochs: int = 1000,
     iterations_per_epoch: int = 250,
     val_iterations_per_epoch: int = 50,
+    step_ms: float | None = None,
 ) -> dict:
-    """Run every measurement (see the module docstring) and return them as a JSON-safe dict."""
+    """Run every measurement (see the module docstring) and return them as a JSON-safe dict.
+
+    `step_ms`: the training step time for which the pipelines' "cores needed" are computed (default: the step
+    measured here without data loading; e.g. 14.8 for nnU-Net's Hippocampus step on an H100)."""
     if iterations < 1:
         raise ConfigError(f"--iterations must be >= 1, got {iterations}")
     fc, plans = _context(ws, dataset, configuration, plans_name, trainer)
@@ -237,6 +292,9 @@ def run_benchmark(
     train, model = _training_times(trainers.get(trainer)(fc, cfg, dev, workers, False), dev, iterations)
     logger.info("benchmark: sliding-window inference of one case")
     inference = _inference_times(model, conf, fc.data_folder, dev, fc)
+    step = step_ms if step_ms else 1000 * train["seconds_per_iteration_no_loading"]
+    logger.info(f"benchmark: CPU cost of the augmentation pipelines ({', '.join(PIPELINES)})")
+    pipelines = pipeline_costs(fc, batch, dev, iterations, step)
     memory = planner_memory_estimate(plans, conf, batch, fc.in_channels, fc.num_classes)
     memory["peak_gpu_memory_gb"] = train.pop("peak_gpu_memory_gb")
     return {
@@ -251,6 +309,7 @@ def run_benchmark(
         "num_workers": workers,
         "iterations": iterations,
         "loader": loader,
+        "pipelines": pipelines,
         "train": train,
         "memory": memory,
         "inference": inference,
@@ -282,6 +341,15 @@ def format_table(r: dict) -> str:
         ("train iteration, fixed batch", f"{_fmt(tr['seconds_per_iteration_no_loading'], ' s')} (no data loading)"),
         ("waiting for data", f"{_fmt(tr['data_wait_seconds_per_iteration'], ' s')}/iteration ({wait_share:.0%})"),
         ("val iteration", _fmt(tr["val_seconds_per_iteration"], " s")),
+        *[
+            (
+                f"pipeline {p['pipeline']}",
+                f"CPU {_fmt(p['cpu_ms_sampling'], ' ms')} sampling, {_fmt(p['cpu_ms_per_batch'], ' ms')}/batch in all; "
+                f"device {_fmt(p['device_ms_augmentation'], ' ms')}; {_fmt(p['cores_needed'], '', 2)} cores for a "
+                f"{_fmt(p['step_ms'], ' ms')} step",
+            )
+            for p in r.get("pipelines", [])
+        ],
         ("peak GPU memory", _fmt(mem["peak_gpu_memory_gb"], " GB")),
         ("planner estimate", f"{_fmt(mem['estimate_gb'], ' GB')} (plans budget {mem['planned_budget_gb']:g} GB)"),
         ("inference, 1 case", f"{_fmt(inf['seconds_tta_off'], ' s')} ({'x'.join(map(str, inf['shape']))} voxels)"),

@@ -58,6 +58,13 @@ def add_parsers(sub, common, fmt) -> None:
         help="data-loading processes (default: cores - 1)",
     )
     p.add_argument("--trainer", default="default", help="registered trainer class whose network/loaders to time")
+    p.add_argument(
+        "--step-ms",
+        type=float,
+        default=None,
+        metavar="MS",
+        help="training step time (ms) for the CPU cores each pipeline needs (default: the step measured here)",
+    )
     p.add_argument("-o", "--output", metavar="JSON", help="write the measurements to this JSON file")
     p.set_defaults(handler=run_benchmark)
 
@@ -76,8 +83,9 @@ def run_benchmark(args, ws: Workspace) -> int:
     from autoseg.benchmark import format_table, run_benchmark, save_benchmark
 
     result = run_benchmark(
-        ws, args.dataset, args.configuration, args.plans, args.iterations, args.device, args.num_workers, args.trainer
-    )
+        ws, args.dataset, args.configuration, args.plans, args.iterations, args.device, args.num_workers, args.trainer,
+        step_ms=args.step_ms,
+    )  # fmt: skip
     print(format_table(result))
     if args.output:
         print(f"wrote {save_benchmark(result, args.output)}")

@@ -1,12 +1,13 @@
-"""Training augmentation pipelines (nnU-Net's default) built from batchgenerators v1 transforms.
+"""Augmentation settings (`AugmentSpec`), the `augmentations` registry, and the batchgenerators v1 pipelines.
 
-A pipeline is looked up by name in the `augmentations` registry and built from an `AugmentSpec` (derived from a plans
-configuration by `augment_spec`). It receives the sampler's crops, `data` (B, C, *sample_size) float32 and `seg`
-(B, 1, *sample_size) with -1 outside the image, and returns `(data (B, C, *patch) float32, targets)`, one int64
-target (B, 1, *patch // factor) per deep-supervision scale. batchgenerators' dict conventions stay inside this module
-and `loader.py`.
+A pipeline is looked up by name in the `augmentations` registry (`autoseg.training.pipelines.build_pipeline`, which
+also registers the batched torch pipeline "default") and built from an `AugmentSpec` (derived from a plans
+configuration by `augment_spec`). This module's pipelines are "batchgenerators" (the reference) and "none"; each
+receives the sampler's crops, `data` (B, C, *sample_size) float32 and `seg` (B, 1, *sample_size) with -1 outside the
+image, and returns `(data (B, C, *patch) float32, targets)`, one int64 target (B, 1, *patch // factor) per
+deep-supervision scale. batchgenerators' dict conventions stay inside this module.
 
-"default" follows nnU-Net v2's order and probabilities: spatial (rotation p 0.2, scaling p 0.2 in [0.7, 1.4], no
+"batchgenerators" follows nnU-Net's order and probabilities: spatial (rotation p 0.2, scaling p 0.2 in [0.7, 1.4], no
 elastic; in-plane only for "dummy 2D" patches), Gaussian noise, Gaussian blur, multiplicative brightness, contrast,
 low-resolution simulation, inverted gamma, gamma, mirroring, masking outside the nonzero region, -1 -> 0, deep
 supervision. A cascade stage (`AugmentSpec.prev_stage_labels`) gets seg (B, 2, ...) whose channel 1, the previous
@@ -18,9 +19,9 @@ linearly (as nnU-Net v2's grid_sample does) and labels with nearest neighbour.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Protocol
 
 import numpy as np
 from batchgenerators.transforms.abstract_transforms import AbstractTransform, Compose
@@ -69,7 +70,14 @@ class Pipeline:
         return np.ascontiguousarray(out["data"], dtype=np.float32), out["target"]
 
 
-augmentations: Registry[Callable[[AugmentSpec], Pipeline]] = Registry("augmentation")
+class AugmentationPipeline(Protocol):
+    """What every registered pipeline has: the crop size the sampler must cut (`Pipeline`, or the batched torch
+    `batch_augment.BatchPipeline`)."""
+
+    sample_size: tuple[int, ...]
+
+
+augmentations: Registry[Callable[[AugmentSpec], AugmentationPipeline]] = Registry("augmentation")
 
 
 def deep_supervision_factors(strides: Sequence[Sequence[int]], deep_supervision: bool) -> tuple[tuple[int, ...], ...]:
@@ -127,11 +135,6 @@ def augment_spec(configuration: Configuration, deep_supervision: bool = True, pr
         mask_channels=tuple(i for i, m in enumerate(configuration.use_mask_for_norm) if m),
         prev_stage_labels=tuple(int(v) for v in prev_stage_labels),
     )
-
-
-def build_pipeline(name: str, spec: AugmentSpec, kwargs: Mapping[str, Any] | None = None) -> Pipeline:
-    """The registered pipeline `name` for `spec`, given `kwargs` (TrainConfig.augmentation_kwargs), checked."""
-    return augmentations.create(name, spec, kwargs=kwargs)
 
 
 class _SlicesToChannels(AbstractTransform):
@@ -254,9 +257,10 @@ def spatial_transforms(spec: AugmentSpec, p_rotation: float = 0.2, p_scaling: fl
     return [_SlicesToChannels(), spatial, _ChannelsToSlices()] if spec.dummy_2d else [spatial]
 
 
-@augmentations.register("default")
+@augmentations.register("batchgenerators")
 def default_pipeline(spec: AugmentSpec) -> Pipeline:
-    """nnU-Net's training augmentation (see the module docstring)."""
+    """nnU-Net's training augmentation with batchgenerators v1 on numpy (see the module docstring): the reference
+    for A/B runs against the batched torch pipeline ("default", `autoseg.training.batch_augment`)."""
     gamma = (0.7, 1.5)
     transforms = spatial_transforms(spec) + [
         GaussianNoiseTransform(noise_variance=(0, 0.1), p_per_sample=0.1),

@@ -1,14 +1,19 @@
 """Infinite, seeded, multi-process training and validation batch streams.
 
-Batch i of a stream is a pure function of (seed, seed_key, stream, i): its sampler Generator and the global numpy and
-Python generators that batchgenerators' transforms use are seeded from ``SeedSequence([seed, *seed_key, stream, i])``
-(seed_key: e.g. fold and DDP rank); the caller's global states are restored afterwards. Worker w of N produces
+Batch i of a stream is a pure function of (seed, seed_key, stream, i): its sampler Generator and the generators of
+the augmentation (a `torch.Generator` for the batched torch pipelines, which draw every parameter before applying any;
+numpy's and Python's global generators for batchgenerators' transforms, whose states are restored afterwards) are
+seeded from ``SeedSequence([seed, *seed_key, stream, i])`` (seed_key: e.g. fold and DDP rank). Worker w of N produces
 batches w, w + N, ... and torch's DataLoader returns them in order, so a stream is identical for every worker count
 (0 = in the calling process) and can be resumed at any batch (`start_batches`).
 
 Background workers are torch DataLoader processes over an IterableDataset: batches travel through shared memory
 (about 2.7 ms of main-process CPU per Hippocampus batch, against 7-11 ms for batchgenerators' MultiThreadedAugmenter,
 which pickles the arrays), dead workers are detected and reported, and shutdown is explicit with `close()`.
+
+Where augmentation runs: with a batched torch pipeline and a GPU, the workers only crop (and draw the parameters) and
+ship `SampledBatch`es (float32 crops as stored, int8 labels) through pinned memory; the training process augments
+them on the GPU, queued on the device's stream ahead of the step. On CPU the same pipeline runs inside the workers.
 """
 
 from __future__ import annotations
@@ -27,7 +32,9 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from autoseg.log import logger
 from autoseg.planning.plans import Configuration
-from autoseg.training.augment import AugmentSpec, augment_spec, build_pipeline
+from autoseg.training.augment import AugmentSpec, augment_spec
+from autoseg.training.batch_augment.pipeline import BatchPipeline
+from autoseg.training.pipelines import build_pipeline
 from autoseg.training.sampling import PatchSampler, check_cases
 
 TRAIN_STREAM, VAL_STREAM = 0, 1
@@ -41,6 +48,19 @@ class Batch:
 
     def pin_memory(self) -> Batch:
         return Batch(self.data.pin_memory(), [t.pin_memory() for t in self.target])
+
+
+@dataclass(frozen=True)
+class SampledBatch:
+    """One batch as the workers ship it to a GPU training process: the crops before augmentation, compact, and the
+    augmentation's parameters already drawn (so the batch does not depend on where it is augmented)."""
+
+    data: torch.Tensor  # (B, C, *sample_size) float32, as stored
+    seg: torch.Tensor  # (B, 1 or 2, *sample_size) int8 (int16 above 127 labels); -1 outside the image
+    params: Any  # the pipeline's drawn parameters: small CPU tensors
+
+    def pin_memory(self) -> SampledBatch:
+        return SampledBatch(self.data.pin_memory(), self.seg.pin_memory(), self.params)
 
 
 class BatchSource:
@@ -58,16 +78,29 @@ class BatchSource:
         stream: int,
         prev_stage: str | Path | None = None,
         augmentation_kwargs: Mapping[str, Any] | None = None,
+        defer_augmentation: bool = False,
     ):
+        """`defer_augmentation`: a batched (torch) pipeline's batches are made as `SampledBatch`es and augmented by
+        `augment` on the training device (a GPU); otherwise (CPU training, or a batchgenerators pipeline) `make`
+        returns the finished `Batch`."""
         self.pipeline = build_pipeline(augmentation, spec, augmentation_kwargs)
         size = self.pipeline.sample_size
         self.sampler = PatchSampler(folder, case_ids, size, oversample, spec.patch_size, prev_stage)
         self.batch_size, self.stream = int(batch_size), int(stream)
         self.entropy = [int(v) for v in np.atleast_1d(seed)]  # seed and seed_key
+        self.defer = bool(defer_augmentation) and isinstance(self.pipeline, BatchPipeline)
 
-    def make(self, index: int) -> Batch:
+    def make(self, index: int) -> Batch | SampledBatch:
         sampler_seq, global_seq = np.random.SeedSequence([*self.entropy, self.stream, int(index)]).spawn(2)
         rng = np.random.default_rng(sampler_seq)
+        if isinstance(self.pipeline, BatchPipeline):
+            data, seg = self.sampler.sample(rng, self.batch_size)
+            gen = torch.Generator().manual_seed(int(global_seq.generate_state(1, np.uint64)[0] >> 1))
+            compact = seg.astype(np.int8) if seg.max(initial=0) < 128 else seg
+            sampled = SampledBatch(
+                torch.from_numpy(data), torch.from_numpy(compact), self.pipeline.draw(gen, len(data), data.shape[1])
+            )
+            return sampled if self.defer else self.augment(sampled)
         # batchgenerators draws from numpy's and Python's global generators: seed both, restore the caller's after
         saved = np.random.get_state(), random.getstate()
         words = global_seq.generate_state(4)
@@ -80,6 +113,14 @@ class BatchSource:
             np.random.set_state(saved[0])
             random.setstate(saved[1])
         return Batch(torch.from_numpy(data), [torch.from_numpy(t) for t in targets])
+
+    def augment(self, sampled: SampledBatch, device: torch.device | None = None) -> Batch:
+        """The batched pipeline applied to `sampled` on `device` (default: where its tensors are)."""
+        data, seg = sampled.data, sampled.seg
+        if device is not None:
+            data, seg = data.to(device, non_blocking=True), seg.to(device, non_blocking=True)
+        out, targets = self.pipeline.apply(data, seg, sampled.params)
+        return Batch(out, list(targets))
 
 
 class _BatchStream(IterableDataset):
@@ -101,9 +142,17 @@ class DataIterator:
     context manager) to stop the worker processes; a worker that dies raises RuntimeError instead of hanging.
     """
 
-    def __init__(self, source: BatchSource, num_workers: int, start: int = 0, pin_memory: bool = False):
+    def __init__(
+        self,
+        source: BatchSource,
+        num_workers: int,
+        start: int = 0,
+        pin_memory: bool = False,
+        device: torch.device | None = None,
+    ):
+        """`device`: where a deferred batch (`SampledBatch`) is augmented; the returned `Batch` lives there."""
         self.source, self.num_workers, self.position = source, int(num_workers), int(start)
-        self.pin_memory = bool(pin_memory)
+        self.pin_memory, self.device = bool(pin_memory), device
         self.wait_seconds = 0.0
         self.last_wait = 0.0
         self._it = None
@@ -127,16 +176,18 @@ class DataIterator:
             raise RuntimeError("this data iterator was closed; create new loaders with make_loaders")
         start = time.perf_counter()
         batch = self._next_from_workers() if self._it is not None else self._next_in_process()
+        if isinstance(batch, SampledBatch):  # queued on the device's stream, ahead of the step that uses it
+            batch = self.source.augment(batch, self.device)
         self.last_wait = time.perf_counter() - start
         self.wait_seconds += self.last_wait
         self.position += 1
         return batch
 
-    def _next_in_process(self) -> Batch:
+    def _next_in_process(self) -> Batch | SampledBatch:
         batch = self.source.make(self.position)
         return batch.pin_memory() if self.pin_memory else batch
 
-    def _next_from_workers(self) -> Batch:
+    def _next_from_workers(self) -> Batch | SampledBatch:
         try:
             return next(self._it)
         except (RuntimeError, OSError, EOFError) as exc:  # a dead sender also breaks the shared-memory handover
@@ -214,6 +265,7 @@ def make_loaders(
     start_batches: tuple[int, int] = (0, 0),
     prev_stage: str | Path | None = None,
     prev_stage_labels: Sequence[int] = (),
+    device: torch.device | None = None,
 ) -> tuple[DataIterator, DataIterator]:
     """Training (augmented) and validation ("none") batch iterators over a preprocessed configuration folder.
 
@@ -227,7 +279,9 @@ def make_loaders(
         seed_key: non-negative integers mixed into the seed, e.g. (fold, rank), so folds/ranks see different streams.
         start_batches: (train, val) index of the first batch, to resume the streams exactly (`DataIterator.position`).
         prev_stage, prev_stage_labels: a cascade stage's previous-stage folder and foreground labels (the batches
-            then hold one extra one-hot data channel per label, `augment.PrevStageToData`).
+            then hold one extra one-hot data channel per label).
+        device: the training device. On a GPU the workers only sample (and draw the augmentation's parameters) and
+            the batched augmentation runs on the GPU in this process; elsewhere it runs in the workers.
     Returns:
         (train_iter, val_iter), infinite; batches are identical for every `num_workers` given the seed.
     """
@@ -245,14 +299,15 @@ def make_loaders(
     common = dict(spec=spec, batch_size=batch_size, oversample=oversample_foreground, seed=[seed, *seed_key])
     common["prev_stage"] = prev_stage
     aug = dict(augmentation=augmentation, augmentation_kwargs=augmentation_kwargs)
-    train = BatchSource(folder, train_ids, stream=TRAIN_STREAM, **aug, **common)
+    on_gpu = device is not None and torch.device(device).type == "cuda"
+    train = BatchSource(folder, train_ids, stream=TRAIN_STREAM, defer_augmentation=on_gpu, **aug, **common)
     val_ids = list(val_ids) or list(train_ids)
     val = BatchSource(folder, val_ids, augmentation="none", stream=VAL_STREAM, **common)
     pin = bool(pin_memory) and torch.cuda.is_available()
     logger.debug("data loading: %d train / %d val workers, batch %d", workers, max(1, workers // 2), batch_size)
     return (
-        DataIterator(train, workers, start_batches[0], pin),
-        DataIterator(val, max(1, workers // 2) if workers else 0, start_batches[1], pin),
+        DataIterator(train, workers, start_batches[0], pin, device),
+        DataIterator(val, max(1, workers // 2) if workers else 0, start_batches[1], pin, device),
     )
 
 

@@ -107,6 +107,7 @@ class Trainer:
             start_batches=start_batches,
             prev_stage=self.fc.prev_stage_folder,
             prev_stage_labels=self.fc.foreground_labels,
+            device=self.device,
         )
 
     def on_epoch_end(self, epoch: int, record: P.EpochRecord) -> None:

@@ -12,7 +12,7 @@ from autoseg.preprocessing.pipeline import plan_and_preprocess
 
 KEYS = {
     "dataset", "plans", "configuration", "trainer", "date", "machine", "patch_size", "batch_size", "num_workers",
-    "iterations", "loader", "train", "memory", "inference", "full_training",
+    "iterations", "loader", "pipelines", "train", "memory", "inference", "full_training",
 }  # fmt: skip
 
 
@@ -44,7 +44,7 @@ def test_benchmark_end_to_end(preprocessed, tmp_path, capsys):
     ws, name, plans = preprocessed
     out = tmp_path / "bench.json"
     argv = ["benchmark", "--workspace", str(ws.root), "-d", "999", "-c", "3d_fullres", "--iterations", "2"]
-    assert main([*argv, "-j", "0", "--device", "cpu", "-o", str(out)]) == 0
+    assert main([*argv, "-j", "0", "--device", "cpu", "-o", str(out)]) == 0  # --step-ms: the measured step
     printed = capsys.readouterr().out
     assert "train iteration" in printed and "full training (1000 x 250)" in printed and f"wrote {out}" in printed
     result = json.loads(out.read_text())
@@ -65,7 +65,16 @@ def test_benchmark_end_to_end(preprocessed, tmp_path, capsys):
     per_epoch = 250 * train["seconds_per_iteration"] + 50 * train["val_seconds_per_iteration"]
     assert full["seconds_per_epoch"] == pytest.approx(per_epoch)
     assert full["hours"] == pytest.approx(per_epoch * 1000 / 3600)
-    assert format_table(result).count("\n") >= 12
+    pipes = {p["pipeline"]: p for p in result["pipelines"]}
+    assert set(pipes) == {"default", "batchgenerators"}
+    step_ms = 1000 * train["seconds_per_iteration_no_loading"]
+    for p in pipes.values():  # on CPU the augmentation runs in the workers: no device time, all of it CPU
+        assert p["cpu_ms_sampling"] > 0 and p["cpu_ms_per_batch"] > 0 and p["device_ms_augmentation"] is None
+        assert p["step_ms"] == pytest.approx(step_ms) and p["cores_needed"] == pytest.approx(
+            p["cpu_ms_per_batch"] / step_ms
+        )
+    assert "pipeline default" in printed and "pipeline batchgenerators" in printed
+    assert format_table(result).count("\n") >= 14
 
 
 def test_needs_preprocessed_data(workspace, synthetic, capsys):

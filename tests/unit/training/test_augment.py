@@ -10,12 +10,12 @@ from autoseg.planning.plans import Configuration, NetworkSpec
 from autoseg.training.augment import (
     AugmentSpec,
     augment_spec,
-    build_pipeline,
     deep_supervision_factors,
     initial_patch_size,
     rotation_settings,
     spatial_transforms,
 )
+from autoseg.training.pipelines import build_pipeline
 
 
 def config(patch, strides, use_mask=(False,)):
@@ -81,7 +81,7 @@ def test_initial_patch_covers_rotation_and_zoom_out():
 def test_default_pipeline_shapes_and_types(patch, strides, expect_dummy):
     spec = augment_spec(config(patch, strides, use_mask=(False, True)))
     assert spec.dummy_2d is expect_dummy and spec.mask_channels == (1,)
-    pipe = build_pipeline("default", spec)
+    pipe = build_pipeline("batchgenerators", spec)
     np.random.seed(0)
     data, seg = blob_batch(pipe.sample_size, batch=3, channels=2)
     seg[:, :, :2] = -1  # outside the image
@@ -133,7 +133,7 @@ def test_spatial_and_mirror_keep_image_and_label_aligned(patch):
 
 def test_mask_sets_image_outside_to_zero():
     spec = AugmentSpec((4, 8, 8), ((1, 1, 1),), 0.0, False, (), mask_channels=(0,))
-    pipe = build_pipeline("default", spec)
+    pipe = build_pipeline("batchgenerators", spec)
     for seed in range(3):
         np.random.seed(seed)
         data = np.full((2, 1, *pipe.sample_size), 5.0, np.float32)
@@ -147,5 +147,6 @@ def test_mask_sets_image_outside_to_zero():
 
 def test_unknown_augmentation_lists_known_names():
     spec = augment_spec(config((8, 8, 8), [[1, 1, 1]]))
-    with pytest.raises(ConfigError, match="unknown augmentation 'defualt'.*default, none.*Did you mean 'default'"):
+    known = "unknown augmentation 'defualt'.*batchgenerators, default, none.*Did you mean 'default'"
+    with pytest.raises(ConfigError, match=known):
         build_pipeline("defualt", spec)

@@ -15,11 +15,12 @@ from autoseg.planning.plans import Configuration
 from autoseg.preprocessing.normalize import normalize, normalizers
 from autoseg.registry import Registry
 from autoseg.serialization import from_json, to_json
-from autoseg.training.augment import AugmentSpec, Pipeline, augmentations, build_pipeline, no_augmentation
+from autoseg.training.augment import AugmentSpec, Pipeline, augmentations, no_augmentation
 from autoseg.training.config import TrainConfig, apply_overrides, load_train_config, save_train_config
 from autoseg.training.loader import make_loaders
 from autoseg.training.losses import DiceCELoss, build_loss
 from autoseg.training.optim import build_optimizer, optimizers
+from autoseg.training.pipelines import build_pipeline
 from autoseg.training.trainer import Trainer, trainers
 
 

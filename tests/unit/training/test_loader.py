@@ -12,9 +12,10 @@ from autoseg.data.geometry import Geometry
 from autoseg.errors import ConfigError, DatasetError
 from autoseg.planning.plans import Configuration, NetworkSpec
 from autoseg.preprocessing.storage import CaseProperties, PreprocessedCase, save_case
+from autoseg.training.augment import augment_spec
 from autoseg.training.config import TrainConfig
 from autoseg.training.distributed import rank_oversampling, split_batch
-from autoseg.training.loader import benchmark_loader, make_loaders
+from autoseg.training.loader import TRAIN_STREAM, Batch, BatchSource, SampledBatch, benchmark_loader, make_loaders
 from autoseg.training.sampling import forced_foreground
 
 STRIDES_3D = [[1, 1, 1], [2, 2, 2], [2, 2, 2]]
@@ -313,3 +314,20 @@ def test_benchmark_loader_reports_rate(cases):
     folder, ids = cases
     r = benchmark_loader(folder, ids, configuration((8, 16, 16), STRIDES_3D), n_batches=4, warmup=1)
     assert r["n_batches"] == 4 and r["batches_per_s"] == pytest.approx(4 / r["seconds"]) and r["batch_size"] == 2
+
+
+def test_deferred_augmentation_ships_compact_crops_and_gives_the_same_batch(cases):
+    """On a GPU the workers ship the crops (int8 labels) with the drawn parameters and the training process augments:
+    the batch equals the one augmented inside the worker (here both on CPU), for every index."""
+    folder, ids = cases
+    spec = augment_spec(configuration((8, 16, 16), STRIDES_3D))
+    common = dict(spec=spec, augmentation="default", batch_size=2, oversample=0.33, seed=[7, 0], stream=TRAIN_STREAM)
+    in_worker = BatchSource(folder, ids, **common)
+    deferred = BatchSource(folder, ids, defer_augmentation=True, **common)
+    for index in (0, 5):
+        sampled = deferred.make(index)
+        assert isinstance(sampled, SampledBatch) and sampled.seg.dtype == torch.int8
+        assert sampled.data.shape == (2, 1, *in_worker.pipeline.sample_size) and sampled.seg.min() == -1
+        assert_same([deferred.augment(sampled, torch.device("cpu"))], [in_worker.make(index)])
+    batchgenerators = BatchSource(folder, ids, **{**common, "augmentation": "batchgenerators"}, defer_augmentation=True)
+    assert isinstance(batchgenerators.make(0), Batch)  # a numpy pipeline always augments in the worker
