@@ -187,37 +187,56 @@ def _augment_next(source: BatchSource, pending, device: torch.device) -> None:
 def pipeline_costs(
     fc: FoldContext, batch_size: int, device: torch.device, n_batches: int, step_ms: float | None
 ) -> list[dict]:
-    """Per augmentation pipeline, in this process on one thread: CPU ms per batch of sampling alone and of sampling
-    plus everything the CPU does for a batch (for the torch pipeline on a GPU: sampling and drawing the parameters;
-    else sampling and augmenting), device ms of the augmentation when it runs on the GPU, and the CPU cores needed to
-    feed a training step of `step_ms` milliseconds."""
+    """Per augmentation pipeline, in this process on one thread, CPU milliseconds per batch of: sampling alone; what
+    a worker does when a GPU trains (the torch pipeline: sampling, drawing the parameters, compacting the labels; a
+    numpy pipeline: everything); what a worker does for CPU training (sampling and augmenting). On a GPU also the
+    device milliseconds of the augmentation. "Cores needed" = worker CPU ms per batch on this device / `step_ms`."""
     spec = augment_spec(fc.configuration, True, fc.foreground_labels if fc.prev_stage_folder is not None else ())
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     rows = []
     try:
         for name in PIPELINES:
-            on_gpu = device.type == "cuda"
-            source = BatchSource(
-                fc.data_folder, fc.train_ids, spec, name, batch_size, 0.33, 0, TRAIN_STREAM, fc.prev_stage_folder,
-                defer_augmentation=on_gpu,
-            )  # fmt: skip
+            sources = [
+                BatchSource(
+                    fc.data_folder,
+                    fc.train_ids,
+                    spec,
+                    name,
+                    batch_size,
+                    0.33,
+                    0,
+                    TRAIN_STREAM,
+                    fc.prev_stage_folder,
+                    defer_augmentation=defer,
+                )  # fmt: skip
+                for defer in (True, False)
+            ]
+            for source in sources:  # steady state of a training run: the cases are open (the reader keeps them)
+                reader = source.sampler.reader
+                for case_id in reader.case_ids[: reader.max_open]:
+                    reader.open(case_id)
+                source.make(0)
             rng = np.random.default_rng(0)
-            source.make(0)  # warm-up: opens the cases
             start = time.process_time()
             for _ in range(n_batches):
-                source.sampler.sample(rng, batch_size)
+                sources[0].sampler.sample(rng, batch_size)
             sampling = (time.process_time() - start) / n_batches * 1000
-            start = time.process_time()
-            made = [source.make(i) for i in range(1, n_batches + 1)]
-            cpu = (time.process_time() - start) / n_batches * 1000
+            cpu_ms = []
+            for source in sources:
+                start = time.process_time()
+                made = [source.make(i) for i in range(1, n_batches + 1)]
+                cpu_ms.append((time.process_time() - start) / n_batches * 1000)
             device_ms = None
-            if isinstance(made[0], SampledBatch):
-                pending = iter(made)
-                device_ms = 1000 * _timed(device, partial(_augment_next, source, pending, device), n_batches)
-            cores = cpu / step_ms if step_ms else None
-            rows.append({"pipeline": name, "cpu_ms_sampling": sampling, "cpu_ms_per_batch": cpu,
-                         "device_ms_augmentation": device_ms, "step_ms": step_ms, "cores_needed": cores})  # fmt: skip
+            if device.type == "cuda" and isinstance(made[0], SampledBatch):
+                deferred = iter([sources[0].make(i) for i in range(1, n_batches + 1)])
+                device_ms = 1000 * _timed(device, partial(_augment_next, sources[0], deferred, device), n_batches)
+            worker_ms = cpu_ms[0] if device.type == "cuda" else cpu_ms[1]
+            rows.append({
+                "pipeline": name, "cpu_ms_sampling": sampling, "cpu_ms_per_batch_gpu_training": cpu_ms[0],
+                "cpu_ms_per_batch_cpu_training": cpu_ms[1], "device_ms_augmentation": device_ms, "step_ms": step_ms,
+                "cores_needed": worker_ms / step_ms if step_ms else None,
+            })  # fmt: skip
     finally:
         torch.set_num_threads(threads)
     return rows
@@ -344,8 +363,9 @@ def format_table(r: dict) -> str:
         *[
             (
                 f"pipeline {p['pipeline']}",
-                f"CPU {_fmt(p['cpu_ms_sampling'], ' ms')} sampling, {_fmt(p['cpu_ms_per_batch'], ' ms')}/batch in all; "
-                f"device {_fmt(p['device_ms_augmentation'], ' ms')}; {_fmt(p['cores_needed'], '', 2)} cores for a "
+                f"CPU ms/batch: {_fmt(p['cpu_ms_sampling'])} sampling, {_fmt(p['cpu_ms_per_batch_gpu_training'])} "
+                f"for GPU training, {_fmt(p['cpu_ms_per_batch_cpu_training'])} for CPU training; device "
+                f"{_fmt(p['device_ms_augmentation'], ' ms')}; {_fmt(p['cores_needed'], '', 2)} cores for a "
                 f"{_fmt(p['step_ms'], ' ms')} step",
             )
             for p in r.get("pipelines", [])

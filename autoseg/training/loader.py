@@ -96,10 +96,8 @@ class BatchSource:
         if isinstance(self.pipeline, BatchPipeline):
             data, seg = self.sampler.sample(rng, self.batch_size)
             gen = torch.Generator().manual_seed(int(global_seq.generate_state(1, np.uint64)[0] >> 1))
-            compact = seg.astype(np.int8) if seg.max(initial=0) < 128 else seg
-            sampled = SampledBatch(
-                torch.from_numpy(data), torch.from_numpy(compact), self.pipeline.draw(gen, len(data), data.shape[1])
-            )
+            params = self.pipeline.draw(gen, len(data), data.shape[1])
+            sampled = SampledBatch(torch.from_numpy(data), torch.from_numpy(seg), params)  # seg int8 as stored
             return sampled if self.defer else self.augment(sampled)
         # batchgenerators draws from numpy's and Python's global generators: seed both, restore the caller's after
         saved = np.random.get_state(), random.getstate()

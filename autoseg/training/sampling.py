@@ -9,6 +9,7 @@ the slice of the chosen foreground voxel).
 
 from __future__ import annotations
 
+import resource
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
@@ -59,14 +60,25 @@ def crop_padded(arr: np.ndarray, corner: Sequence[int], size: Sequence[int], pad
     out[tuple(dst)] = arr[tuple(src)]
 
 
+def default_max_open() -> int:
+    """Open cases a reader may keep: an eighth of the soft file-descriptor limit, between 64 and 1024."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return 1024 if soft == resource.RLIM_INFINITY else max(64, min(1024, soft // 8))
+
+
 class CaseReader:
     """Opens preprocessed cases (memory-mapped) and keeps the most recently used ones open; with `prev_stage` (a
     cascade's folder of previous-stage maps, `<case>.npy`) each case's map is opened and kept with it."""
 
-    def __init__(self, folder: str | Path, case_ids: Sequence[str], max_open: int = 64, prev_stage=None):
+    def __init__(
+        self, folder: str | Path, case_ids: Sequence[str], max_open: int | None = None, prev_stage=None
+    ) -> None:
+        """`max_open`: cases kept open (default: as many as the file-descriptor limit comfortably allows, at most
+        1024; each open case holds up to three memory maps). Opening a case costs milliseconds, so a cache that
+        holds the whole training set keeps the loader's CPU time to the crops."""
         self.folder = Path(folder)
         self.case_ids = list(case_ids)
-        self.max_open = max_open
+        self.max_open = default_max_open() if max_open is None else int(max_open)
         self.prev_stage = Path(prev_stage) if prev_stage is not None else None
         self._open: OrderedDict[str, tuple[storage.PreprocessedCase, np.ndarray | None]] = OrderedDict()
 
@@ -133,7 +145,7 @@ class PatchSampler:
         self.oversample = float(oversample)
 
     def sample(self, rng: np.random.Generator, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-        """-> data (B, C, *size) float32 and seg (B, 1, *size) int16 (-1 = outside the case).
+        """-> data (B, C, *size) float32 and seg (B, 1, *size) int8, int16 above 127 labels (-1 = outside the case).
 
         With `prev_stage`, seg is (B, 2, *size): channel 1 is the previous stage's map at the same window (0 outside).
         """
@@ -143,13 +155,18 @@ class PatchSampler:
             case, prev = self.reader.open(self.reader.case_ids[rng.integers(len(self.reader.case_ids))])
             if data is None:
                 data = np.empty((batch_size, case.data.shape[0], *self.size), dtype=np.float32)
-                seg = np.empty((batch_size, n_seg, *self.size), dtype=np.int16)
+                seg = np.empty((batch_size, n_seg, *self.size), dtype=self._seg_dtype(case))
             img, lab, corner, z = self._locate(case, forced, rng)
             crop_padded(img, corner, self.size, 0, data[j])
             crop_padded(lab, corner, self.size, -1, seg[j, :1])
             if prev is not None:
                 crop_padded(prev[None] if z is None else prev[None, z], corner, self.size, 0, seg[j, 1:])
         return data, seg
+
+    @staticmethod
+    def _seg_dtype(case: storage.PreprocessedCase) -> np.dtype:
+        """int8 as stored (labels <= 127, so a previous-stage map fits too), int16 where the stored labels need it."""
+        return np.dtype(np.int8 if case.seg.dtype.itemsize == 1 else np.int16)
 
     def _locate(self, case: storage.PreprocessedCase, forced: bool, rng: np.random.Generator):
         """-> (image view, label view, lower corner, slice index or None) with views having len(size) spatial axes."""
