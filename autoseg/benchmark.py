@@ -22,6 +22,7 @@ extrapolated.
 from __future__ import annotations
 
 import datetime
+import math
 import os
 import platform
 import time
@@ -43,7 +44,7 @@ from autoseg.serialization import save_json
 from autoseg.training.augment import augment_spec
 from autoseg.training.config import TrainConfig
 from autoseg.training.context import FoldContext, fold_context, setup_runtime
-from autoseg.training.loader import TRAIN_STREAM, BatchSource, SampledBatch, benchmark_loader, default_num_workers
+from autoseg.training.loader import TRAIN_STREAM, BatchSource, DataIterator, benchmark_loader, default_num_workers
 from autoseg.training.loop import StepContext, compute_loss, train_step
 from autoseg.training.trainer import trainers
 from autoseg.workspace import Workspace
@@ -184,13 +185,29 @@ def _augment_next(source: BatchSource, pending, device: torch.device) -> None:
     source.augment(next(pending), device)
 
 
+def _worker_ms(source: BatchSource, n_batches: int) -> float:
+    """CPU milliseconds per batch of one loader worker process (the whole process: crops, augmentation where it
+    runs there, and the hand-over to shared memory) in the steady state of a training run: after enough warm-up
+    batches for the worker to have opened every case twice over (opening a case costs milliseconds, once)."""
+    reader = source.sampler.reader
+    warmup = 2 + math.ceil(2 * min(len(reader.case_ids), reader.max_open) / source.batch_size)
+    with DataIterator(source, 1) as it:
+        for _ in range(warmup):
+            next(it)
+        start = it.worker_cpu_seconds()
+        for _ in range(n_batches):
+            next(it)
+        return (it.worker_cpu_seconds() - start) / n_batches * 1000
+
+
 def pipeline_costs(
     fc: FoldContext, batch_size: int, device: torch.device, n_batches: int, step_ms: float | None
 ) -> list[dict]:
-    """Per augmentation pipeline, in this process on one thread, CPU milliseconds per batch of: sampling alone; what
-    a worker does when a GPU trains (the torch pipeline: sampling, drawing the parameters, compacting the labels; a
-    numpy pipeline: everything); what a worker does for CPU training (sampling and augmenting). On a GPU also the
-    device milliseconds of the augmentation. "Cores needed" = worker CPU ms per batch on this device / `step_ms`."""
+    """Per augmentation pipeline, CPU milliseconds per batch: sampling alone (this process, one thread), and the
+    whole CPU time of a loader worker process when a GPU trains (the torch pipeline: it crops and draws the
+    parameters, the GPU augments; a numpy pipeline: it does everything) and when the CPU trains (it crops and
+    augments). On a GPU also the device milliseconds of the augmentation. "Cores needed" = the worker CPU ms per
+    batch on this device / `step_ms`."""
     spec = augment_spec(fc.configuration, True, fc.foreground_labels if fc.prev_stage_folder is not None else ())
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -212,29 +229,23 @@ def pipeline_costs(
                 )  # fmt: skip
                 for defer in (True, False)
             ]
-            for source in sources:  # steady state of a training run: the cases are open (the reader keeps them)
-                reader = source.sampler.reader
-                for case_id in reader.case_ids[: reader.max_open]:
-                    reader.open(case_id)
-                source.make(0)
+            reader = sources[0].sampler.reader  # steady state of a training run: the cases are open
+            for case_id in reader.case_ids[: reader.max_open]:
+                reader.open(case_id)
             rng = np.random.default_rng(0)
             start = time.process_time()
             for _ in range(n_batches):
                 sources[0].sampler.sample(rng, batch_size)
             sampling = (time.process_time() - start) / n_batches * 1000
-            cpu_ms = []
-            for source in sources:
-                start = time.process_time()
-                made = [source.make(i) for i in range(1, n_batches + 1)]
-                cpu_ms.append((time.process_time() - start) / n_batches * 1000)
+            gpu_ms, cpu_ms = (_worker_ms(source, n_batches) for source in sources)
             device_ms = None
-            if device.type == "cuda" and isinstance(made[0], SampledBatch):
+            if device.type == "cuda" and sources[0].defer:
                 deferred = iter([sources[0].make(i) for i in range(1, n_batches + 1)])
                 device_ms = 1000 * _timed(device, partial(_augment_next, sources[0], deferred, device), n_batches)
-            worker_ms = cpu_ms[0] if device.type == "cuda" else cpu_ms[1]
+            worker_ms = gpu_ms if device.type == "cuda" else cpu_ms
             rows.append({
-                "pipeline": name, "cpu_ms_sampling": sampling, "cpu_ms_per_batch_gpu_training": cpu_ms[0],
-                "cpu_ms_per_batch_cpu_training": cpu_ms[1], "device_ms_augmentation": device_ms, "step_ms": step_ms,
+                "pipeline": name, "cpu_ms_sampling": sampling, "cpu_ms_per_batch_gpu_training": gpu_ms,
+                "cpu_ms_per_batch_cpu_training": cpu_ms, "device_ms_augmentation": device_ms, "step_ms": step_ms,
                 "cores_needed": worker_ms / step_ms if step_ms else None,
             })  # fmt: skip
     finally:

@@ -216,6 +216,10 @@ class DataIterator:
     def worker_pids(self) -> list[int]:
         return [w.pid for w in getattr(self._it, "_workers", [])]
 
+    def worker_cpu_seconds(self) -> float:
+        """CPU seconds (user + system) the worker processes have used so far (Linux /proc; 0 without workers)."""
+        return sum(process_cpu_seconds(pid) for pid in self.worker_pids)
+
     def close(self) -> None:
         """Stop and join the worker processes (idempotent)."""
         self._closed = True
@@ -234,6 +238,12 @@ class DataIterator:
             self.close()
         except Exception:  # interpreter shutdown: nothing left to clean
             pass
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process `pid` from /proc/<pid>/stat (fields 14 and 15, in clock ticks)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def default_num_workers() -> int:
