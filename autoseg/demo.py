@@ -7,12 +7,20 @@ Before the first stage the demo checks what would otherwise fail late: the devic
 be written, and that a demo dataset already in the workspace was made with the same settings (its preprocessed
 cases and model would not match other data). Running the demo again reuses the data, the preprocessed cases and
 the training run (an interrupted training continues from its last epoch).
+
+Before each stage the demo logs how long it should take and how long the whole demo has left; training adds the
+same after every epoch. The estimates are a cost model of each stage (seconds on a 2-core reference machine, scaled
+by the settings' voxels, cases and iterations) times this machine's speed, measured at run time: first by a
+fraction of a second of 3D convolutions before the first stage, then by the training's own epochs.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
+import math
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -20,8 +28,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
+from autoseg.data import synthetic
+from autoseg.data.image_io import read_image, read_label
+from autoseg.device import resolve_device
 from autoseg.errors import AutosegError, ConfigError, WorkspaceError
+from autoseg.evaluation import metrics
+from autoseg.evaluation.overlay import render_case
+from autoseg.inference import predictor
 from autoseg.log import logger
+from autoseg.preprocessing import pipeline
+from autoseg.serialization import atomic_write_bytes, load_json, save_json
+from autoseg.training import run as training
 from autoseg.workspace import Workspace
 
 DEMO_ID = 990
@@ -37,14 +56,22 @@ class DemoError(AutosegError):
 
 @dataclass(frozen=True)
 class DemoSettings:
-    n_train: int = 12
+    """The default: the whole pipeline in about 3 minutes on 2 CPU cores with held-out Dice above 0.9 (measured in
+    docs/benchmarks.md); the small organ needs about 150 iterations before the network finds it, hence 16 x 20."""
+
+    n_train: int = 10
     n_test: int = 4
-    shape: tuple[int, int, int] = (24, 48, 48)
+    shape: tuple[int, int, int] = (16, 32, 32)
     spacing: tuple[float, float, float] = (2.5, 0.9, 0.9)
-    epochs: int = 15
+    epochs: int = 16
     iterations_per_epoch: int = 20
     configuration: str = "3d_fullres"
     tta: bool = True  # mirror test-time augmentation for validation and prediction
+
+    @property
+    def val_iterations(self) -> int:
+        """Validation iterations per epoch (pseudo-Dice)."""
+        return max(2, self.iterations_per_epoch // 5)
 
     def __post_init__(self) -> None:
         if self.n_train < 5:
@@ -59,8 +86,8 @@ class DemoSettings:
 
     @classmethod
     def fast(cls) -> DemoSettings:
-        """A smoke test of every stage (about a minute on 2 cores); too short for a good Dice."""
-        return cls(n_train=8, n_test=2, shape=(20, 40, 40), epochs=3, iterations_per_epoch=8, tta=False)
+        """A smoke test of every stage (well under a minute on 2 cores); too short for a good Dice."""
+        return cls(n_train=8, n_test=2, shape=(12, 24, 24), epochs=3, iterations_per_epoch=8, tta=False)
 
     def record(self) -> dict:
         """What `demo_settings.json` holds (JSON types): every setting plus the generator's fixed arguments."""
@@ -76,27 +103,156 @@ class DemoResult:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-def _timed(result: DemoResult, stage: str, fn: Callable[[], object], where: Path) -> object:
-    """Run one stage; an error becomes one message naming the stage, the cause and what to do."""
-    logger.info(f"== {stage}")
+STAGES = (
+    "generate data",
+    "verify, fingerprint, plan, preprocess",
+    "train fold 0",
+    "predict held-out cases",
+    "evaluate",
+    "overlay",
+)
+GENERATE, PREPROCESS, TRAIN, PREDICT, EVALUATE, OVERLAY = STAGES
+_PROBE_SECONDS = 0.022  # measure_speed's convolution on the reference machine
+
+
+def expected_seconds(settings: DemoSettings) -> dict[str, float]:
+    """The cost model: seconds of each stage on the 2-core reference machine (docs/benchmarks.md, "autoseg demo"),
+    a fixed part plus a part per million voxels (the settings' case shape) per unit of work; also "epoch" (one
+    training epoch) and "validation" (the end-of-fold validation that ends the training stage)."""
+    mvox = math.prod(settings.shape) / 1e6
+    step = 0.03 + 22.5 * mvox  # one training step of batch 2 (forward, backward, SGD); validation steps ~ 0.35 of it
+    epoch = 0.5 + step * (settings.iterations_per_epoch + 0.35 * settings.val_iterations)  # + checkpoint, plot
+    case = 0.3 + 1.2 * mvox * (2**3 if settings.tta else 1)  # mirror TTA: a forward pass per subset of 3 axes
+    validation = math.ceil(settings.n_train / 5) * case  # fold 0's validation cases
+    return {
+        GENERATE: 0.05 + 1.0 * mvox * (settings.n_train + settings.n_test),
+        PREPROCESS: 0.8 + 3.0 * mvox * settings.n_train,
+        TRAIN: 3.0 + settings.epochs * epoch + validation,  # start-up (network, data loaders), epochs, validation
+        PREDICT: 1.0 + settings.n_test * case,
+        EVALUATE: 0.05 + 0.5 * mvox * settings.n_test,
+        OVERLAY: 0.2,
+        "epoch": epoch,
+        "validation": validation,
+    }
+
+
+def _minutes(seconds: float) -> str:
+    if seconds < 90:
+        return f"{max(1, round(seconds))} s"
+    return f"{seconds / 60:.1f} min"
+
+
+def measure_speed(device: torch.device) -> float:
+    """This machine's time for a fixed 3D convolution (forward and backward, 2 x 32 x 16 x 32 x 32 voxels, as in a
+    demo training step) over the reference machine's: the speed factor before training measures its own."""
+    conv = torch.nn.Conv3d(32, 32, 3, padding=1).to(device)
+    x = torch.ones(2, 32, 16, 32, 32, device=device)
+
+    def step() -> None:
+        conv(x).square().mean().backward()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    step()  # the first call sets up kernels
     t0 = time.perf_counter()
-    try:
-        out = fn()
-    except (AutosegError, OSError) as exc:
-        cause = str(exc) if isinstance(exc, AutosegError) else f"{type(exc).__name__}: {exc}"
-        raise DemoError(
-            f"stage '{stage}' failed: {cause}\n(fix the cause and run the same command again: the data, preprocessed "
-            f"cases and training run already made under {where} are reused)"
-        ) from exc
-    result.seconds[stage] = round(time.perf_counter() - t0, 1)
-    return out
+    for _ in range(5):
+        step()
+    return (time.perf_counter() - t0) / 5 / _PROBE_SECONDS
+
+
+class StageClock:
+    """Runs the stages in order, times them and logs the time left before each (and after every training epoch).
+
+    Estimate = the cost model's seconds x this machine's speed factor: measured / modelled seconds per training
+    epoch once an epoch has run in this run, before that `speed` (measure_speed: 1 = the reference machine).
+    """
+
+    def __init__(self, settings: DemoSettings, result: DemoResult, where: Path, speed: float = 1.0) -> None:
+        self.settings, self.result, self.where = settings, result, where
+        self.expected = expected_seconds(settings)
+        self.start_speed = speed
+        self.epoch_seconds: float | None = None  # mean seconds per training epoch measured in this run
+        self.last_epoch_done: int | None = None  # index of the last finished epoch seen in this run
+
+    def speed(self) -> float:
+        if self.epoch_seconds is not None:
+            return self.epoch_seconds / self.expected["epoch"]
+        return self.start_speed
+
+    def left(self, stage: str) -> float:
+        """Estimated seconds left in `stage` (not started, or training after `last_epoch_done`)."""
+        speed = self.speed()
+        if stage == TRAIN and self.last_epoch_done is not None:
+            epochs_left = self.settings.epochs - self.last_epoch_done - 1
+            return epochs_left * self.epoch_seconds + self.expected["validation"] * speed
+        return self.expected[stage] * speed
+
+    def total_left(self, stage: str) -> float:
+        """Estimated seconds left in `stage` and every stage after it."""
+        return sum(self.left(s) for s in STAGES[STAGES.index(stage) :])
+
+    def run(self, stage: str, fn: Callable[[], object]) -> object:
+        """Run one stage; an error becomes one message naming the stage, the cause and what to do."""
+        n = STAGES.index(stage) + 1
+        logger.info(
+            f"== stage {n}/{len(STAGES)} {stage}: about {_minutes(self.left(stage))} "
+            f"(estimated total left about {_minutes(self.total_left(stage))})"
+        )
+        t0 = time.perf_counter()
+        watcher = _EpochWatcher(self) if stage == TRAIN else None
+        if watcher is not None:
+            logger.addHandler(watcher)
+        try:
+            out = fn()
+        except (AutosegError, OSError) as exc:
+            cause = str(exc) if isinstance(exc, AutosegError) else f"{type(exc).__name__}: {exc}"
+            raise DemoError(
+                f"stage '{stage}' failed: {cause}\n(fix the cause and run the same command again: the data, "
+                f"preprocessed cases and training run already made under {self.where} are reused)"
+            ) from exc
+        finally:
+            if watcher is not None:
+                logger.removeHandler(watcher)
+        self.result.seconds[stage] = round(time.perf_counter() - t0, 1)
+        return out
+
+    def epoch_done(self, epoch: int, mean_seconds: float) -> None:
+        self.last_epoch_done, self.epoch_seconds = epoch, mean_seconds
+        logger.info(
+            f"{TRAIN}: epoch {epoch + 1}/{self.settings.epochs} done ({mean_seconds:.1f} s per epoch), about "
+            f"{_minutes(self.left(TRAIN))} left in training (estimated total left about "
+            f"{_minutes(self.total_left(TRAIN))})"
+        )
+
+
+_EPOCH_LINE = re.compile(r"epoch\s+(\d+)\s.*\s(\d+(?:\.\d+)?)s\s+data_wait")  # the trainer's line per epoch
+
+
+class _EpochWatcher(logging.Handler):
+    """Sees the trainer's per-epoch log line (autoseg.training.progress.format_line) and has the clock log the time
+    left. Seconds per epoch = wall time since the first epoch seen in this run began / epochs seen, so checkpoint
+    writing is counted and the run's start-up (network, data loaders) is not."""
+
+    def __init__(self, clock: StageClock) -> None:
+        super().__init__(logging.INFO)
+        self.clock = clock
+        self.started: float | None = None
+        self.seen = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        match = _EPOCH_LINE.match(record.getMessage())
+        if match is None:
+            return
+        now = time.perf_counter()
+        if self.started is None:
+            self.started = now - float(match.group(2))
+        self.seen += 1
+        self.clock.epoch_done(int(match.group(1)), (now - self.started) / self.seen)
 
 
 # ---- checks before the first stage -----------------------------------------------------------------------------
 def check_device(device: str | None) -> None:
     """`None` (CUDA when available), `cpu` or `cuda[:N]`; CUDA must be present when asked for."""
-    from autoseg.training.context import resolve_device
-
     if device is not None and device != "cpu" and not device.startswith("cuda"):
         raise ConfigError(f"--device {device!r}: the demo runs on cpu or cuda")
     resolve_device(device)
@@ -121,7 +277,7 @@ def check_workspace(ws: Workspace) -> None:
             raise WorkspaceError(
                 f"workspace folder {folder} is not writable ({exc.strerror or exc}); choose a writable folder with "
                 "--workspace (or AUTOSEG_HOME), or fix its permissions"
-            ) from None
+            ) from exc
 
 
 def _describe(record: dict) -> str:
@@ -134,8 +290,6 @@ def _describe(record: dict) -> str:
 def existing_dataset(ws: Workspace, settings: DemoSettings) -> bool:
     """Whether the workspace already holds the demo dataset made with `settings` (reuse it); raises WorkspaceError
     when it holds one made otherwise, a folder the demo did not make, or demo results without their data."""
-    from autoseg.serialization import load_json
-
     folder = ws.raw / DEMO_DATASET
     others = [p for p in (ws.preprocessed / DEMO_DATASET, ws.results / DEMO_DATASET, ws.root / "demo") if p.exists()]
     remove = " and ".join(str(p) for p in [folder, *others] if p.exists())
@@ -159,7 +313,7 @@ def existing_dataset(ws: Workspace, settings: DemoSettings) -> bool:
     try:
         recorded = load_json(stamp)
     except ValueError as exc:
-        raise WorkspaceError(f"{exc}; delete {remove}, or {fresh}") from None
+        raise WorkspaceError(f"{exc}; delete {remove}, or {fresh}") from exc
     if recorded != settings.record():
         shown = _describe(recorded) if isinstance(recorded, dict) else repr(recorded)
         raise WorkspaceError(
@@ -173,9 +327,6 @@ def existing_dataset(ws: Workspace, settings: DemoSettings) -> bool:
 def generate(ws: Workspace, settings: DemoSettings, reference: Path) -> Path:
     """Write the demo dataset under ws.raw and the held-out labels to `reference` (reused when already made with
     the same settings; made in a hidden folder and moved into place, so a killed run leaves nothing half-written)."""
-    from autoseg.data.synthetic import make_synthetic_dataset
-    from autoseg.serialization import save_json
-
     folder = ws.raw / DEMO_DATASET
     reuse = existing_dataset(ws, settings)
     tmp = ws.raw / f".{DEMO_DATASET}.tmp"
@@ -187,7 +338,7 @@ def generate(ws: Workspace, settings: DemoSettings, reference: Path) -> Path:
         logger.info(f"removing {tmp}, left by an interrupted demo")
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    made = make_synthetic_dataset(
+    made = synthetic.make_synthetic_dataset(
         tmp,
         DEMO_ID,
         DEMO_NAME,
@@ -214,47 +365,35 @@ def generate(ws: Workspace, settings: DemoSettings, reference: Path) -> Path:
 
 def run_demo(ws: Workspace, settings: DemoSettings = DemoSettings(), device: str | None = None) -> DemoResult:
     """Run every stage on the demo dataset; returns Dice per organ on the held-out cases and output paths."""
-    from autoseg.evaluation.metrics import evaluate_folder, save_evaluation
-    from autoseg.inference.predictor import run_predict
-    from autoseg.preprocessing.pipeline import plan_and_preprocess
-    from autoseg.training.run import train_folds
-
     check_device(device)
     check_workspace(ws)
     existing_dataset(ws, settings)
     name = DEMO_DATASET
     result = DemoResult(name)
+    clock = StageClock(settings, result, ws.root, measure_speed(resolve_device(device)))
     demo_dir = ws.root / "demo"
     reference = demo_dir / "reference_labels"
-    folder = _timed(result, "generate data", lambda: generate(ws, settings, reference), ws.root)
+    folder = clock.run(GENERATE, lambda: generate(ws, settings, reference))
     cfg = settings.configuration
-    report = _timed(
-        result,
-        "verify, fingerprint, plan, preprocess",
-        lambda: plan_and_preprocess(ws, name, configurations=[cfg], jobs=2),
-        ws.root,
-    )
+    report = clock.run(PREPROCESS, lambda: pipeline.plan_and_preprocess(ws, name, configurations=[cfg], jobs=2))
     overrides = {
         "epochs": settings.epochs,
         "iterations_per_epoch": settings.iterations_per_epoch,
-        "val_iterations_per_epoch": max(2, settings.iterations_per_epoch // 5),
+        "val_iterations_per_epoch": settings.val_iterations,
         "val_tta": settings.tta,
     }
     run_dir = ws.run_dir(name, "default", cfg, "default", 0)
     resume = (run_dir / "checkpoint_latest.pt").is_file()
     if resume:
         logger.info(f"{run_dir}: reusing the training run of an earlier demo (continuing it if it was interrupted)")
-    (fold,) = _timed(
-        result,
-        "train fold 0",
-        lambda: train_folds(ws, name, [cfg], folds=[0], overrides=overrides, device=device, resume=resume),
-        ws.root,
+    train = training.train_folds
+    (fold,) = clock.run(
+        TRAIN, lambda: train(ws, name, [cfg], folds=[0], overrides=overrides, device=device, resume=resume)
     )
     pred_dir = demo_dir / "predictions"
-    _timed(
-        result,
-        "predict held-out cases",
-        lambda: run_predict(
+    clock.run(
+        PREDICT,
+        lambda: predictor.run_predict(
             ws,
             folder / "imagesTs",
             pred_dir,
@@ -264,16 +403,15 @@ def run_demo(ws: Workspace, settings: DemoSettings = DemoSettings(), device: str
             device=device,
             tta=settings.tta,
         ),
-        ws.root,
     )
     spec_labels = [1, 2]
 
     def evaluate() -> tuple[dict, Path]:
-        df, summary = evaluate_folder(reference, pred_dir, spec_labels, ".nii.gz", jobs=1)
-        return summary, save_evaluation(df, summary, demo_dir)[1]
+        df, summary = metrics.evaluate_folder(reference, pred_dir, spec_labels, ".nii.gz", jobs=1)
+        return summary, metrics.save_evaluation(df, summary, demo_dir)[1]
 
-    summary, summary_path = _timed(result, "evaluate", evaluate, ws.root)
-    overlay = _timed(result, "overlay", lambda: _overlay_first(folder, reference, pred_dir, demo_dir), ws.root)
+    summary, summary_path = clock.run(EVALUATE, evaluate)
+    overlay = clock.run(OVERLAY, lambda: _overlay_first(folder, reference, pred_dir, demo_dir))
     organ = {1: "organ1 (large, bright)", 2: "organ2 (small, dark)"}
     result.dice = {organ[lab]: float(summary["mean"][str(lab)]["dice"]) for lab in spec_labels}
     result.outputs = {
@@ -290,10 +428,6 @@ def run_demo(ws: Workspace, settings: DemoSettings = DemoSettings(), device: str
 
 def _overlay_first(folder: Path, reference: Path, pred_dir: Path, out: Path) -> Path:
     """Overlay PNG of the first held-out case: reference contours solid, prediction dashed."""
-    from autoseg.data.image_io import read_image, read_label
-    from autoseg.evaluation.overlay import render_case
-    from autoseg.serialization import atomic_write_bytes
-
     first = sorted(reference.iterdir())[0]
     cid = first.name[: -len(".nii.gz")]
     image, geometry = read_image([folder / "imagesTs" / f"{cid}_0000.nii.gz"])

@@ -197,4 +197,3 @@ class RunFolder:
     def finished(self) -> bool:
         """A fold counts as finished once it has its final checkpoint and its validation summary."""
         return self.final.is_file() and self.validation_summary.is_file()
-

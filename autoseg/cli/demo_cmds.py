@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from autoseg.workspace import Workspace
+
 
 def add_parsers(sub, common, fmt) -> None:
     p = sub.add_parser(
@@ -21,7 +23,7 @@ def add_parsers(sub, common, fmt) -> None:
     p.set_defaults(handler=_demo)
 
 
-def _demo(args, ws) -> int:
+def _demo(args, ws: Workspace) -> int:
     from autoseg.demo import DemoSettings, run_demo
 
     result = run_demo(ws, DemoSettings.fast() if args.fast else DemoSettings(), device=args.device)
@@ -29,7 +31,8 @@ def _demo(args, ws) -> int:
     for organ, dice in result.dice.items():
         print(f"  {organ:<24} {dice:.3f}")
     print(f"  {'mean':<24} {sum(result.dice.values()) / len(result.dice):.3f}")
-    print("\nstage times (s): " + ", ".join(f"{k} {v}" for k, v in result.seconds.items()))
+    total = sum(result.seconds.values())
+    print(f"\nstage times (s, {total:.0f} in all): " + ", ".join(f"{k} {v}" for k, v in result.seconds.items()))
     print("\noutputs:")
     for what, path in result.outputs.items():
         print(f"  {what:<14} {path}")

@@ -22,6 +22,7 @@ from autoseg.preprocessing.storage import CaseProperties
 # float32, the case's CaseProperties, the configuration); `restore_probabilities(*output)` brings it to the raw grid
 NetworkOutput = tuple[np.ndarray, CaseProperties, Configuration]
 
+
 def _inverse(transpose: tuple[int, ...]) -> tuple[int, ...]:
     inv = [0] * len(transpose)
     for i, a in enumerate(transpose):

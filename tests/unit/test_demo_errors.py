@@ -236,9 +236,11 @@ def test_missing_reference_labels_are_regenerated(capsys, tmp_path, stub_stages)
 # ---- stages ----------------------------------------------------------------------------------------------------
 def test_all_stages_stubbed_prints_the_summary(capsys, tmp_path, stub_stages):
     code = main(["demo", "--workspace", str(tmp_path / "ws"), "--fast", "--device", "cpu"])
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert code == 0
     assert "organ1 (large, bright)   0.750" in out and "mean                     0.500" in out
+    assert "stage times (s, " in out
+    assert "== stage 1/6 generate data: about " in err and "== stage 6/6 overlay: about " in err
     assert stub_stages["train"]["resume"] is False and stub_stages["train"]["device"] == "cpu"
     assert stub_stages["train"]["overrides"]["epochs"] == TINY.epochs
 
