@@ -24,7 +24,8 @@ def add_parsers(sub, common, fmt) -> None:
 
 
 def _demo(args, ws: Workspace) -> int:
-    from autoseg.demo import DemoSettings, run_demo
+    from autoseg.demo import run_demo
+    from autoseg.demo_stages import DemoSettings
 
     result = run_demo(ws, DemoSettings.fast() if args.fast else DemoSettings(), device=args.device)
     print(f"\nautoseg demo on {result.dataset}: Dice on the held-out cases")

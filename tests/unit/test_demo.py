@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-import autoseg.demo as demo
+import autoseg.demo_stages as demo_stages
 from autoseg.data.image_io import read_file
-from autoseg.demo import (
-    DEMO_DATASET,
+from autoseg.demo import DEMO_DATASET, run_demo
+from autoseg.demo_stages import (
     EVALUATE,
     GENERATE,
     OVERLAY,
@@ -24,7 +24,6 @@ from autoseg.demo import (
     DemoSettings,
     StageClock,
     expected_seconds,
-    run_demo,
 )
 from autoseg.log import logger
 from autoseg.training.progress import EpochRecord, format_line
@@ -42,7 +41,7 @@ def test_demo_end_to_end_tiny(workspace, autoseg_log):
         r"train fold 0: epoch 1/2 done \(\d+\.\d s per epoch\), about .* left in training", autoseg_log.text
     )
     assert "train fold 0: epoch 2/2 done" in autoseg_log.text
-    assert not any(isinstance(h, demo._EpochWatcher) for h in logger.handlers)
+    assert not any(isinstance(h, demo_stages._EpochWatcher) for h in logger.handlers)
     assert set(result.dice) == {"organ1 (large, bright)", "organ2 (small, dark)"}
     assert all(0.0 <= d <= 1.0 for d in result.dice.values())
     for what in ("plans", "training log", "progress plot", "metrics", "overlay"):
@@ -84,7 +83,7 @@ def test_the_estimates_follow_the_measured_speed(autoseg_log):
 
 
 def test_the_speed_probe_is_a_factor_near_1_on_the_reference_machine():
-    speed = demo.measure_speed(torch.device("cpu"))
+    speed = demo_stages.measure_speed(torch.device("cpu"))
     assert 0.01 < speed < 100  # a busy or a much faster machine moves it; a wrong unit would be off by 1000
 
 
@@ -92,7 +91,7 @@ def test_the_training_stage_reads_the_trainers_epoch_lines(autoseg_log, monkeypa
     settings = DemoSettings(epochs=4)
     clock = StageClock(settings, DemoResult(DEMO_DATASET), Path("ws"))
     now = iter([100.0, 130.0, 150.0, 160.0])  # stage start, epoch 1 logged, epoch 2 logged, stage end
-    monkeypatch.setattr(demo, "time", SimpleNamespace(perf_counter=lambda: next(now)))
+    monkeypatch.setattr(demo_stages, "time", SimpleNamespace(perf_counter=lambda: next(now)))
 
     def train():
         logger.info(_epoch_line(1, 20.0))  # a resumed run: epoch 0 ran before; this one began at 110
@@ -106,4 +105,4 @@ def test_the_training_stage_reads_the_trainers_epoch_lines(autoseg_log, monkeypa
     assert "train fold 0: epoch 3/4 done (20.0 s per epoch)" in autoseg_log.text  # (150 - 110) / 2
     assert clock.last_epoch_done == 2 and clock.epoch_seconds == 20.0
     assert clock.result.seconds[TRAIN] == 60.0
-    assert not any(isinstance(h, demo._EpochWatcher) for h in logger.handlers)
+    assert not any(isinstance(h, demo_stages._EpochWatcher) for h in logger.handlers)

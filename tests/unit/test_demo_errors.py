@@ -21,7 +21,8 @@ import autoseg.inference.predictor as predictor
 import autoseg.preprocessing.pipeline as pipeline
 import autoseg.training.run as training
 from autoseg.cli.main import main
-from autoseg.demo import DEMO_DATASET, SETTINGS_FILE, DemoSettings, generate
+from autoseg.demo import DEMO_DATASET, SETTINGS_FILE, generate
+from autoseg.demo_stages import DemoError, DemoSettings
 from autoseg.errors import ConfigError, DatasetError, ImageIOError, PlansError
 from autoseg.workspace import Workspace
 
@@ -284,7 +285,7 @@ def test_a_failing_stage_is_named(capsys, monkeypatch, tmp_path, stub_stages, st
 
 def test_debug_shows_the_stage_traceback(tmp_path, monkeypatch, stub_stages):
     monkeypatch.setattr(training, "train_folds", lambda *a, **k: (_ for _ in ()).throw(PlansError("no plans")))
-    with pytest.raises(demo.DemoError, match="stage 'train fold 0' failed: no plans") as exc:
+    with pytest.raises(DemoError, match="stage 'train fold 0' failed: no plans") as exc:
         main(["demo", "--workspace", str(tmp_path / "ws"), "--fast", "--debug"])
     assert isinstance(exc.value.__cause__, PlansError)
 

@@ -25,7 +25,7 @@ LAYERS = (
     ("evaluation", ("autoseg.evaluation",)),
     ("inference", ("autoseg.inference",)),
     ("training", ("autoseg.training",)),
-    ("applications", ("autoseg.bundle", "autoseg.benchmark", "autoseg.demo")),
+    ("applications", ("autoseg.bundle", "autoseg.benchmark", "autoseg.demo", "autoseg.demo_stages")),
     ("cli", ("autoseg.cli", "autoseg.__main__")),
 )  # fmt: skip
 
