@@ -69,9 +69,9 @@ def test_benchmark_end_to_end(preprocessed, tmp_path, capsys):
     assert set(pipes) == {"default", "batchgenerators"}
     step_ms = 1000 * train["seconds_per_iteration_no_loading"]
     for p in pipes.values():  # on CPU the augmentation runs in the workers: no device time, all of it CPU
-        assert (
-            p["cpu_ms_sampling"] > 0 and p["cpu_ms_per_batch_gpu_training"] > 0 and p["device_ms_augmentation"] is None
-        )
+        # the workers' CPU comes from /proc in clock ticks (10 ms): two tiny batches may round to 0
+        assert p["cpu_ms_sampling"] > 0 and p["device_ms_augmentation"] is None
+        assert p["cpu_ms_per_batch_gpu_training"] >= 0 and p["cpu_ms_per_batch_cpu_training"] >= 0
         cpu = p["cpu_ms_per_batch_cpu_training"]
         assert p["step_ms"] == pytest.approx(step_ms) and p["cores_needed"] == pytest.approx(cpu / step_ms)
     assert "pipeline default" in printed and "pipeline batchgenerators" in printed
