@@ -27,8 +27,9 @@ import numpy as np
 from joblib.externals.loky import ProcessPoolExecutor
 
 from autoseg.data.geometry import Geometry
-from autoseg.data.image_io import read_header, write_label
+from autoseg.data.image_io import write_label
 from autoseg.data.probabilities import probabilities_to_labels, save_probabilities
+from autoseg.data.workers import largest_case
 from autoseg.errors import AutosegError, ImageIOError
 from autoseg.evaluation.postprocess import apply_postprocessing
 from autoseg.evaluation.statistics import case_statistics
@@ -182,25 +183,22 @@ def export_workers(requested: int, cases, predictors, available: float | None = 
     """Export workers for `cases` (InputCase) predicted by `predictors`: at most `requested` and the number of cases,
     fewer when the largest case's export (its class probabilities at the network's resolution, COPIES['predict']
     float32 copies) would not fit memory (`resources.choose_workers`, which logs the reason)."""
-
     requested = min(max(1, int(requested)), len(cases))
     if requested <= 1:
         return 1
-    big = max(cases, key=lambda c: sum(p.stat().st_size for p in c.files if p.is_file()))
-    try:
-        shape, components, geometry = read_header(big.files[0])
-    except AutosegError:
+    found = largest_case([case.files for case in cases])
+    if found is None:
         return requested  # reported with its name when the case is read
+    shape, channels, geometry = found
     zoom = max(network_zoom(geometry.spacing, p.source.plans.transpose, p.configuration) for p in predictors)
     classes = predictors[0].source.num_classes * len(predictors)
-    what = f"{describe(shape, max(len(big.files), components))} with {classes} class probabilities"
+    what = f"{describe(shape, channels)} with {classes} class probabilities"
     need = case_bytes(shape, classes, COPIES["predict"], zoom)
     return choose_workers(requested, need, what, available, stage="export workers")
 
 
 def network_zoom(spacing: Sequence[float], transpose: Sequence[int], configuration: Configuration) -> float:
     """Voxels at the configuration's spacing per raw voxel for an image of `spacing` (z, y, x)."""
-
     moved = tuple(float(spacing[a]) for a in transpose)
     target = target_spacing(configuration, moved)
     return float(math.prod(s / t for s, t in zip(moved, target)))

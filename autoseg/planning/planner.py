@@ -332,7 +332,6 @@ def plan_dataset(
 # ---- file-level entry points (the planner classes above never read files) --------------------------------------------
 def load_fingerprint_file(path) -> DatasetFingerprint:
     """An autoseg fingerprint, or nnU-Net's dataset_fingerprint.json (with its dataset.json beside it)."""
-
     path = Path(path)
     try:
         data = load_json(path)

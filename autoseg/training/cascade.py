@@ -69,7 +69,6 @@ def missing_text(conf: Configuration, missing: Sequence[Path], dataset: str = "<
 
 def missing_predictions(ws: Workspace, dataset: str, plans: Plans, conf: Configuration, trainer: str) -> list[Path]:
     """The previous stage's validation predictions that a cascade fold still needs (empty: ready to train)."""
-
     cases = list_cases(ws.preprocessed_config(dataset, conf.data_identifier))
     try:
         return prediction_sources(ws, dataset, plans, conf, trainer, cases)[1]
