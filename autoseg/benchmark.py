@@ -201,7 +201,12 @@ def _worker_ms(source: BatchSource, n_batches: int) -> float:
 
 
 def pipeline_costs(
-    fc: FoldContext, batch_size: int, device: torch.device, n_batches: int, step_ms: float | None
+    fc: FoldContext,
+    batch_size: int,
+    device: torch.device,
+    n_batches: int,
+    step_ms: float | None,
+    pipelines: tuple[str, ...] | list[str] = PIPELINES,
 ) -> list[dict]:
     """Per augmentation pipeline, CPU milliseconds per batch: sampling alone (this process, one thread), and the
     whole CPU time of a loader worker process when a GPU trains (the torch pipeline: it crops and draws the
@@ -213,7 +218,7 @@ def pipeline_costs(
     torch.set_num_threads(1)
     rows = []
     try:
-        for name in PIPELINES:
+        for name in pipelines:
             sources = [
                 BatchSource(
                     fc.data_folder,

@@ -9,6 +9,8 @@ A bundle is a zip file (``autoseg export``) holding::
     fingerprint.json                 the dataset fingerprint, if present
     models/<config>/fold_<k>/weights.pt           the network's state dict (tensors only)
     models/<config>/fold_<k>/train_config.json    how the fold was trained
+    models/<config>/fold_<k>/network.onnx         with --onnx: the network as ONNX (opset 17, full-resolution output)
+    onnx.json                                     with --onnx: the contract of the ONNX files (docs/inference.md)
 
 `autoseg install` extracts it into a temporary folder beside the target, validates every JSON file and loads every
 weights file with ``torch.load(weights_only=True)`` (no Python object is ever unpickled), then renames the folder
@@ -32,6 +34,8 @@ import torch
 
 from autoseg import __version__
 from autoseg.errors import ConfigError
+from autoseg.inference.backends.contract import CONTRACT_FILE, onnx_contract, onnx_file
+from autoseg.inference.backends.onnx_file import export_onnx
 from autoseg.inference.source import (
     BUNDLE_FILE,
     FORMAT_VERSION,
@@ -42,6 +46,7 @@ from autoseg.inference.source import (
     source_from_workspace,
 )
 from autoseg.log import logger
+from autoseg.networks.build import build_network
 from autoseg.networks.weights import load_weights
 from autoseg.serialization import atomic_target, dumps, from_json
 from autoseg.workspace import RunFolder, Workspace
@@ -56,8 +61,10 @@ def export_bundle(
     plans_name: str = "default",
     trainer: str = "default",
     folds=None,
+    onnx: bool = False,
 ) -> Path:
-    """Write the finished folds (and selection, plans, dataset description) of a dataset as a zip file."""
+    """Write the finished folds (and selection, plans, dataset description) of a dataset as a zip file; `onnx`:
+    also each fold's network as an ONNX file and the contract that says how to use them (onnx.json)."""
     name = ws.resolve(dataset)
     src = source_from_workspace(ws, name, plans_name, trainer)
     sel = src.selection
@@ -93,8 +100,34 @@ def export_bundle(
                 cfg = RunFolder(src.weights[c][f].parent).train_config
                 if cfg.is_file():
                     zf.write(cfg, f"models/{c}/fold_{f}/train_config.json")
+        if onnx:
+            _write_onnx(zf, src, models)
     logger.info(f"exported {name} ({', '.join(f'{c}: folds {v}' for c, v in models.items())}) -> {out_zip}")
     return out_zip
+
+
+def _in_channels(src: ModelSource, configuration: str) -> int:
+    """Network input channels: the image's, plus one per foreground label for a cascade stage."""
+    cfg = src.plans.configuration(configuration)
+    extra = len(src.scheme.foreground_labels) if cfg.previous_stage is not None else 0
+    return len(cfg.normalization) + extra
+
+
+def _write_onnx(zf: zipfile.ZipFile, src: ModelSource, models: dict[str, list[int | str]]) -> None:
+    """Every fold's network as ONNX, and onnx.json (the contract)."""
+    channels = {c: _in_channels(src, c) for c in models}
+    with tempfile.TemporaryDirectory(prefix="autoseg-onnx-") as tmp:
+        for c, fs in models.items():
+            cfg = src.plans.configuration(c)
+            for f in fs:
+                net = build_network(cfg.network, channels[c], src.num_classes, False)
+                net.load_state_dict(load_weights(src.weights[c][f]))
+                zf.write(export_onnx(net, channels[c], cfg.patch_size, Path(tmp) / f"{c}_{f}.onnx"), onnx_file(c, f))
+    intensity = src.plans.intensity if src.plans.intensity is not None else getattr(src.fingerprint, "intensity", None)
+    contract = onnx_contract(
+        src.plans, models, src.labels, intensity, channels, src.num_classes, src.scheme.activation
+    )
+    zf.writestr(CONTRACT_FILE, dumps(contract))
 
 
 def _dataset_json(ws: Workspace, name: str, src: ModelSource) -> str:
@@ -107,6 +140,7 @@ def _dataset_json(ws: Workspace, name: str, src: ModelSource) -> str:
             "labels": src.labels,
             "numTraining": 1,
             "file_ending": src.file_ending,
+            **({"regions_class_order": list(src.regions_class_order)} if src.regions_class_order else {}),
         }
     )
 

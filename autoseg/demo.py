@@ -186,6 +186,7 @@ def run_demo(ws: Workspace, settings: DemoSettings | None = None, device: str | 
         "iterations_per_epoch": settings.iterations_per_epoch,
         "val_iterations_per_epoch": settings.val_iterations,
         "val_tta": settings.tta,
+        "augmentation": settings.augmentation,
     }
     run_dir = ws.run_dir(name, "default", cfg, "default", 0)
     resume = (run_dir / "checkpoint_latest.pt").is_file()

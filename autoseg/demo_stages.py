@@ -20,6 +20,7 @@ import torch
 
 from autoseg.errors import AutosegError, ConfigError
 from autoseg.log import logger
+from autoseg.training.pipelines import augmentations
 
 SEED, OBLIQUE_EVERY = 2026, 4  # how the demo data is generated (part of its settings record)
 
@@ -41,6 +42,7 @@ class DemoSettings:
     iterations_per_epoch: int = 20
     configuration: str = "3d_fullres"
     tta: bool = True  # mirror test-time augmentation for validation and prediction
+    augmentation: str = "default"  # training augmentation pipeline ("batchgenerators": the reference, for A/B runs)
 
     @property
     def val_iterations(self) -> int:
@@ -52,6 +54,9 @@ class DemoSettings:
             raise ConfigError(f"demo settings: n_train={self.n_train}; fold 0 of a 5-fold split needs at least 5")
         if self.n_test < 1:
             raise ConfigError(f"demo settings: n_test={self.n_test}; evaluation needs at least 1 held-out case")
+        if self.augmentation not in augmentations.names():
+            known = ", ".join(augmentations.names())
+            raise ConfigError(f"demo settings: augmentation {self.augmentation!r} is not registered; known: {known}")
         if self.epochs < 1 or self.iterations_per_epoch < 1:
             raise ConfigError(
                 f"demo settings: epochs={self.epochs}, iterations_per_epoch={self.iterations_per_epoch}; "

@@ -42,6 +42,21 @@ def available_memory(meminfo: str | os.PathLike | None = None) -> int | None:
         return None
 
 
+def usable_cores(cpu_max: str | os.PathLike = "/sys/fs/cgroup/cpu.max") -> int:
+    """CPU cores this process may use: its CPU affinity, lowered by a cgroup v2 CPU quota (containers)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    try:
+        quota, period = Path(cpu_max).read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cores)
+
+
 def describe(shape: Sequence[int], channels: int = 1) -> str:
     """'512x512x1000 image (1 channel)' (shape given (z, y, x), written x-first like image viewers)."""
     dims = "x".join(str(int(s)) for s in reversed(tuple(shape)))

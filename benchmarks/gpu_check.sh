@@ -10,6 +10,7 @@
 #     batchgenerators reference, 3 epochs x 50 iterations each (the first epoch includes start-up: read epochs 2-3);
 #   - per pipeline: CPU ms per batch, augmentation ms on the GPU, cores needed (autoseg benchmark);
 #   - peak GPU memory against the planner's estimate; sliding-window seconds per case;
+#   - ms per training step with each training-step switch (benchmarks/step_switches.py);
 #   - when nnunetv2 imports in NNUNET_PYTHON (default: python3), nnU-Net's seconds per epoch on the same data.
 # Each stage has its own time limit, so the whole script stays under 8 minutes; a stage that runs out says so.
 set -uo pipefail
@@ -54,6 +55,12 @@ done
 timeout 120 autoseg benchmark -d 4 -c 3d_fullres --workspace "$ws" --iterations 20 -j 8 --step-ms 14.8 \
   -o "$work/benchmark.json" > "$work/benchmark.log" 2>&1 || say "benchmark failed or ran out of time"
 [ -f "$work/benchmark.json" ] && sed -n '/dataset \/ configuration/,$p' "$work/benchmark.log" | tee -a "$summary"
+
+# training-step switches (autocast dtype, channels-last, cuDNN autotuning, torch.compile): ms per step of each, to
+# decide which to turn on by default (docs/benchmarks.md); compilation happens in the warm-up steps
+timeout 110 python "$here/benchmarks/step_switches.py" "$ws" 4 3d_fullres --device cuda --iterations 20 --warmup 3 \
+  > "$work/step_switches.log" 2>&1 || say "step switches failed or ran out of time (see $work/step_switches.log)"
+grep -E "ms/step|failed:" "$work/step_switches.log" | sed 's/^/switch /' | tee -a "$summary"
 
 if "$nn_python" -c "import nnunetv2" 2>/dev/null; then
   nn=$work/nnunet; mkdir -p "$nn/raw" "$nn/pre" "$nn/res"

@@ -1,4 +1,4 @@
-"""Commands: verify, convert_msd."""
+"""Commands: verify, convert_msd, convert_dicom."""
 
 from __future__ import annotations
 
@@ -40,6 +40,23 @@ def add_parsers(sub, common, fmt) -> None:
     p.add_argument("-j", "--jobs", type=int, default=2, help="parallel worker processes")
     p.set_defaults(handler=run_convert_msd)
 
+    p = sub.add_parser(
+        "convert_dicom",
+        parents=[common],
+        formatter_class=fmt,
+        help="turn DICOM series and their masks (DICOM-SEG or NIfTI) into a raw dataset",
+        description="Every image series under IN is one case (named as `autoseg predict` names it); its mask is a "
+        "DICOM-SEG in IN that references the series (segments matched to --labels by name) or a NIfTI label map "
+        "named CASE.nii.gz (or SeriesInstanceUID.nii.gz) that must lie on the series' grid. Series without a mask "
+        "go to imagesTs. Every problem is named before anything is written (pip install -e \".[dicom]\").",
+        epilog="example: autoseg convert_dicom -i exports/ -d 501 --labels liver tumour --name LiverCT",
+    )
+    p.add_argument("-i", "--input", required=True, help="folder of DICOM series (and their masks)")
+    p.add_argument("-d", "--dataset-id", type=int, required=True, help="id of the new dataset (1-999)")
+    p.add_argument("--labels", nargs="+", required=True, help="foreground label names, for values 1, 2, ...")
+    p.add_argument("--name", default="DICOM", help="dataset name: raw/DatasetXXX_NAME")
+    p.set_defaults(handler=run_convert_dicom)
+
 
 def run_verify(args, ws: Workspace) -> int:
     from autoseg.data.verify import verify_dataset
@@ -59,6 +76,15 @@ def run_convert_msd(args, ws: Workspace) -> int:
     from autoseg.data.msd import convert_msd
 
     target = convert_msd(args.input, ws.raw, args.dataset_id, jobs=args.jobs)
+    print(f"wrote {target}")
+    print(f"next: autoseg verify -d {target.name} --workspace {ws.root}")
+    return 0
+
+
+def run_convert_dicom(args, ws: Workspace) -> int:
+    from autoseg.data.dicom.convert import convert_dicom
+
+    target = convert_dicom(args.input, ws.raw, args.dataset_id, args.labels, args.name)
     print(f"wrote {target}")
     print(f"next: autoseg verify -d {target.name} --workspace {ws.root}")
     return 0

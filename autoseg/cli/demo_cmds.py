@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from autoseg.workspace import Workspace
 
 
@@ -20,6 +22,12 @@ def add_parsers(sub, common, fmt) -> None:
     )
     p.add_argument("--fast", action="store_true", help="smaller data and schedule (a smoke test, about a minute)")
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda if available, else cpu")
+    p.add_argument(
+        "--augmentation",
+        default="default",
+        help="training augmentation pipeline, e.g. batchgenerators (the reference) to compare with the default; "
+        "each pipeline needs its own workspace",
+    )
     p.set_defaults(handler=_demo)
 
 
@@ -27,7 +35,9 @@ def _demo(args, ws: Workspace) -> int:
     from autoseg.demo import run_demo
     from autoseg.demo_stages import DemoSettings
 
-    result = run_demo(ws, DemoSettings.fast() if args.fast else DemoSettings(), device=args.device)
+    settings = DemoSettings.fast() if args.fast else DemoSettings()
+    settings = dataclasses.replace(settings, augmentation=args.augmentation)
+    result = run_demo(ws, settings, device=args.device)
     print(f"\nautoseg demo on {result.dataset}: Dice on the held-out cases")
     for organ, dice in result.dice.items():
         print(f"  {organ:<24} {dice:.3f}")

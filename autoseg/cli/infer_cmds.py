@@ -8,9 +8,13 @@ PREDICT_DESCRIPTION = """\
 Segment new images with a trained model.
 
 IN is a folder in the imagesTs layout (CASE_0000.nii.gz, CASE_0001.nii.gz, ... one file per channel) or, for
-one-channel models, a single image file. Every output keeps the input's size, spacing, origin, direction and file
-format. The folds of a configuration are averaged (logits); --ensemble averages the probabilities of the
-configurations that `autoseg select` chose and applies the postprocessing it decided on cross-validation.
+one-channel models, a single image file or a folder of DICOM files (or of such folders; pip install -e ".[dicom]"):
+each image series is one case, named after its folder or PatientID_S<SeriesNumber>; a series whose Modality is not
+the model's (MR into a CT model) is an error unless --force-modality. --output-type dicom-seg writes one DICOM-SEG
+per series (CASE.dcm: one segment per label present, named as in dataset.json; references the source images).
+Every other output keeps the input's size, spacing, origin, direction and file format. The folds of a
+configuration are averaged (logits); --ensemble averages the probabilities of the configurations that
+`autoseg select` chose and applies the postprocessing it decided on cross-validation.
 
 Without -c: the configuration chosen by `autoseg select`, else 3d_fullres, else 2d. Without -d: the one trained
 dataset in the results folder. -m MODEL_DIR predicts with an installed bundle (`autoseg install`).
@@ -18,6 +22,9 @@ dataset in the results folder. -m MODEL_DIR predicts with an installed bundle (`
 --part K/N predicts every N-th case starting with the K-th, for N workers; --continue skips finished outputs.
 -j N export processes resample, postprocess and write a case while the network works on the next one (fewer when
 the largest case would not fit memory; -j 1 does everything in one process, with the same outputs).
+--backend: on the CPU the network runs in OpenVINO (else ONNX Runtime) when installed (pip install
+"autoseg[cpu-fast]"), exported once per fold and cached beside its checkpoint; torch on a GPU or when neither is
+installed or the export fails (a one-line note says so). --backend torch forces torch.
 --statistics also writes OUT/statistics.csv: one row per case and foreground label (names from the model's
 dataset.json) with the voxel count, the volume in ml (area in mm^2 for 2D images) and the mean intensity of every
 input channel inside the label; with --continue the skipped cases are read back, so the table covers every case.
@@ -30,7 +37,8 @@ prediction folder) and prints the per-label means.
 
 NaN rules: both masks empty -> all overlap and distance metrics NaN (left out of the means); empty prediction with
 a non-empty reference -> Dice 0, HD95 inf; the reverse -> Dice 0, HD95 inf. Labels come from --labels, else from
-the dataset (-d), else from the values found in the references.
+the dataset (-d), else from the values found in the references. With -d, a dataset with regions is scored per region
+(keys like "1,2") and the voxels of its ignore label are left out of every metric.
 """
 
 
@@ -84,6 +92,9 @@ def add_parsers(sub, common, fmt) -> None:
     p.add_argument("-f", "--folds", nargs="+", default=None, help="folds to include (default: all finished)")
     p.add_argument("--plans", default="default", help="plans name")
     p.add_argument("--trainer", default="default", help="trainer name")
+    p.add_argument(
+        "--onnx", action="store_true", help="also each fold's network as ONNX and its contract onnx.json"
+    )
     p.set_defaults(handler=run_export)
 
     p = sub.add_parser(
@@ -125,6 +136,19 @@ def _add_predict(sub, common, fmt) -> None:
     p.add_argument("--save-probabilities", action="store_true", help="also write <case>.npz (float16)")
     p.add_argument("--no-postprocessing", action="store_true", help="skip the selected postprocessing")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument(
+        "--backend",
+        choices=("auto", "torch", "onnxruntime", "openvino"),
+        default="auto",
+        help="what runs the network on the CPU (auto: OpenVINO, else ONNX Runtime when installed, else torch)",
+    )
+    p.add_argument(
+        "--output-type",
+        choices=("default", "dicom-seg"),
+        default="default",
+        help="dicom-seg: one DICOM-SEG per DICOM series (default: the input's format; NIfTI for DICOM input)",
+    )
+    p.add_argument("--force-modality", action="store_true", help="predict DICOM series of another modality")
     p.add_argument("--part", default="1/1", metavar="K/N", help="predict the K-th of N shares of the cases")
     p.add_argument("--continue", dest="resume", action="store_true", help="skip cases whose output exists")
     p.add_argument(
@@ -138,6 +162,17 @@ def _add_predict(sub, common, fmt) -> None:
         "--statistics", action="store_true", help="also write OUT/statistics.csv (volume, mean intensity per label)"
     )
     p.add_argument("-m", "--model", default=None, metavar="MODEL_DIR", help="installed bundle folder")
+    p.add_argument(
+        "--nnunet-model",
+        nargs="+",
+        default=None,
+        metavar="FOLDER",
+        help="nnU-Net v2 trained-model folder(s) <Trainer>__<Plans>__<config> or nnUNetv2_export_model_to_zip zip(s), "
+        "read in place (several: configuration ensemble); see docs/inference.md",
+    )
+    p.add_argument(
+        "--checkpoint", default="checkpoint_final.pth", help="checkpoint file in each fold_k (with --nnunet-model)"
+    )
     p.add_argument("--plans", default="default", help="plans name")
     p.add_argument("--trainer", default="default", help="trainer name")
     p.set_defaults(handler=run_predict)
@@ -148,11 +183,35 @@ def run_predict(args, ws: Workspace) -> int:
     from autoseg.inference.predictor import run_predict as predict
 
     folds = parse_folds(args.folds, n_folds=1000) if args.folds else None
+    if args.nnunet_model:
+        return _predict_nnunet(args, folds)
     opts = dict(dataset=args.dataset, configuration=args.configuration, folds=folds, ensemble=args.ensemble)
     opts.update(fast=args.fast, tta=not args.disable_tta, step=args.step, save_probabilities=args.save_probabilities)
     opts.update(device=args.device, part=args.part, resume=args.resume, model_dir=args.model, plans_name=args.plans)
-    opts.update(workers=args.workers, statistics=args.statistics)
+    opts.update(workers=args.workers, statistics=args.statistics, backend=args.backend)
+    opts.update(force_modality=args.force_modality, output_type=args.output_type)
     written = predict(ws, args.input, args.output, trainer=args.trainer, postprocess=not args.no_postprocessing, **opts)
+    print(f"{len(written)} segmentation(s) written to {args.output}")
+    return 0
+
+
+def _predict_nnunet(args, folds) -> int:
+    from autoseg.errors import ConfigError
+    from autoseg.inference.nnunet_predict import run_predict_nnunet
+
+    chosen = [flag for flag, value in (("-d", args.dataset), ("-c", args.configuration), ("-m", args.model),
+              ("--ensemble", args.ensemble), ("--force-modality", args.force_modality)) if value]  # fmt: skip
+    chosen += [flag for flag, value, default in (("--plans", args.plans, "default"), ("--trainer", args.trainer,
+               "default"), ("--output-type", args.output_type, "default")) if value != default]  # fmt: skip
+    if chosen:
+        raise ConfigError(f"--nnunet-model: leave out {', '.join(chosen)} (the model folders name the model; "
+                          "DICOM input and output are not supported with nnU-Net models yet)")  # fmt: skip
+    written = run_predict_nnunet(
+        args.input, args.output, args.nnunet_model, folds=folds, checkpoint=args.checkpoint,
+        tta=not args.disable_tta, step=args.step, fast=args.fast, save_probabilities=args.save_probabilities,
+        device=args.device, part=args.part, resume=args.resume, postprocess=not args.no_postprocessing,
+        workers=args.workers, statistics=args.statistics, backend=args.backend,
+    )  # fmt: skip
     print(f"{len(written)} segmentation(s) written to {args.output}")
     return 0
 
@@ -187,7 +246,9 @@ def run_export(args, ws: Workspace) -> int:
     from autoseg.cli.common import parse_folds
 
     folds = parse_folds(args.folds, n_folds=1000) if args.folds else None
-    path = export_bundle(ws, args.dataset, args.output, args.configurations, args.plans, args.trainer, folds)
+    path = export_bundle(
+        ws, args.dataset, args.output, args.configurations, args.plans, args.trainer, folds, onnx=args.onnx
+    )
     print(f"bundle written: {path} ({path.stat().st_size / 1e6:.1f} MB)")
     return 0
 

@@ -53,6 +53,14 @@ def add_parsers(sub, common, fmt) -> None:
     p.add_argument("--explain", action="store_true", help="print every decision with the rule and numbers behind it")
     p.add_argument("--set", action="append", default=[], metavar="CFG.FIELD=VALUE", help="override a planned value")
     p.add_argument("--name", help="plans name (default: 'default'; the preset name; or e.g. '24gb')")
+    p.add_argument(
+        "--transfer-plans-from",
+        metavar="DATASET_OR_PLANS_JSON",
+        help="with -d: take architecture, patch and batch size from this dataset's plans (or plans file), spacing "
+        "and normalisation from -d's own; for fine-tuning with `autoseg train --pretrained` "
+        "(default name: from_<SourceDataset>)",
+    )
+    p.add_argument("--source-plans", default="default", help="with --transfer-plans-from: the source's plans name")
     p.set_defaults(handler=run_plan)
 
 
@@ -72,6 +80,8 @@ def plans_name(args: argparse.Namespace) -> str:
 
 
 def run_plan(args, ws: Workspace) -> int:
+    if args.transfer_plans_from:
+        return run_transfer(args, ws)
     from autoseg.cli.common import parse_set
     from autoseg.planning.explain import plans_table
     from autoseg.planning.planner import plan_and_save
@@ -84,4 +94,34 @@ def run_plan(args, ws: Workspace) -> int:
     print(f"plans {plans.name!r} for {plans.dataset} ({plans.planner}, {plans.gpu_memory_gb:g} GB):")
     print(plans_table(plans))
     print(f"wrote {out}" if out else "not written (pass -o PLANS_JSON to write the plans)")
+    return 0
+
+
+def run_transfer(args, ws: Workspace) -> int:
+    from pathlib import Path
+
+    from autoseg.errors import ConfigError
+    from autoseg.planning.explain import plans_table
+    from autoseg.planning.planner import plan_and_save
+    from autoseg.planning.transfer import default_transfer_name, transfer_and_save
+
+    if args.dataset is None or args.set:
+        raise ConfigError("--transfer-plans-from needs -d TARGET and takes no --set (edit the result with --set later)")
+    source = args.transfer_plans_from
+    if source.endswith(".json"):
+        source_file, source_name = Path(source), Path(source).parent.name
+    else:
+        source_name = ws.resolve(source)
+        source_file = ws.plans_file(source_name, args.source_plans)
+    if not source_file.is_file():
+        raise ConfigError(f"{source_file}: source plans not found; plan the source with `autoseg plan -d {source}`")
+    target_name = ws.resolve(args.dataset)
+    own, _ = plan_and_save(ws.fingerprint_file(target_name), None, args.planner, args.gpu_memory, args.preset)
+    name = args.name or default_transfer_name(source_name, args.source_plans)
+    out = ws.plans_file(target_name, name)
+    plans, notes = transfer_and_save(source_file, own, name, out)
+    print("\n".join(f"  - {n}" for n in notes))
+    print(f"plans {plans.name!r} for {plans.dataset} (transferred from {source_file}):")
+    print(plans_table(plans))
+    print(f"wrote {out}")
     return 0

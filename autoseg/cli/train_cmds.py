@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from autoseg.workspace import Workspace
 
 DESCRIPTION = """\
@@ -11,6 +13,10 @@ Results go to results/DatasetXXX_Name/<plans>/<configuration>/<trainer>/fold_<k>
 log.txt, progress.csv, progress.png, checkpoint_latest/best/final.pt, validation/). Every training number can be
 changed with --set (names: epochs, iterations_per_epoch, val_iterations_per_epoch, lr, weight_decay, momentum,
 oversample_foreground, seed, grad_clip, batch_size, loss, optimizer, deep_supervision, val_tta, ...).
+
+Fine-tuning: --pretrained PATH starts from a trained model's weights (plan the new dataset with
+`autoseg plan -d N --transfer-plans-from SOURCE` so the architecture matches); --set lr=..., warmup_epochs=N,
+freeze_encoder_epochs=N set its schedule.
 
 --resume continues a killed run from checkpoint_latest.pt exactly where it stopped; with --set epochs=N larger than
 before it extends a finished run (the poly learning-rate schedule is recomputed for the new total).
@@ -56,6 +62,14 @@ def add_parsers(sub, common, fmt) -> None:
     p.add_argument(
         "--resume", action="store_true", help="continue from checkpoint_latest.pt (or extend a finished run)"
     )
+    p.add_argument(
+        "--pretrained",
+        default=None,
+        metavar="PATH",
+        help="fine-tune: start from these weights (checkpoint, run folder fold_K or installed bundle folder); "
+        "tensors matching by name and shape are loaded, heads for other classes re-initialised, the first "
+        "convolution adapted to other input channels (same as --set pretrained=PATH)",
+    )
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     p.add_argument("-j", "--num-workers", type=int, default=None, help="data loading processes per training process")
     p.add_argument(
@@ -76,6 +90,9 @@ def run_train(args, ws: Workspace) -> int:
     from autoseg.cli.common import parse_folds, parse_set
     from autoseg.training.run import train_folds
 
+    overrides = parse_set(args.settings)
+    if args.pretrained:
+        overrides["pretrained"] = str(Path(args.pretrained).resolve())
     results = train_folds(
         ws,
         args.dataset,
@@ -83,7 +100,7 @@ def run_train(args, ws: Workspace) -> int:
         parse_folds(args.folds, n_folds=1000),
         plans_name=args.plans,
         trainer=args.trainer,
-        overrides=parse_set(args.settings),
+        overrides=overrides,
         resume=args.resume,
         device=args.device,
         num_workers=args.num_workers,

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from autoseg.data.image_io import check_ending, file_ending, is_natural_2d
+from autoseg.data.labels import LabelScheme, label_scheme, parse_labels
 from autoseg.errors import DatasetError, ImageIOError
 from autoseg.serialization import load_json
 
@@ -25,25 +26,33 @@ class DatasetSpec:
     folder: Path
     name: str
     channel_names: tuple[str, ...]  # index = channel number (file suffix _0000, _0001, ...)
-    labels: dict[str, int]  # label name -> value, background included
+    labels: dict[str, int | list[int]]  # label name -> value (a list for a region), background included
     num_training: int
     file_ending: str
+    regions_class_order: tuple[int, ...] | None = None  # datasets with regions (autoseg.data.labels)
 
     @property
     def num_channels(self) -> int:
         return len(self.channel_names)
 
     @property
+    def scheme(self) -> LabelScheme:
+        """What the labels mean (classes or regions, ignore label): `autoseg.data.labels`."""
+        return label_scheme(self.labels, self.regions_class_order, str(self.folder / "dataset.json"))
+
+    @property
     def label_values(self) -> tuple[int, ...]:
-        return tuple(sorted(set(self.labels.values())))
+        """Every value a label file may hold (background and the ignore label included)."""
+        return self.scheme.file_values
 
     @property
     def foreground_labels(self) -> tuple[int, ...]:
-        return tuple(v for v in self.label_values if v != 0)
+        """Label values other than background and the ignore label."""
+        return self.scheme.foreground_labels
 
     @property
     def label_names(self) -> dict[int, str]:
-        return {v: k for k, v in self.labels.items()}
+        return {v[0]: n for n, v in zip(self.scheme.names, self.scheme.values) if len(v) == 1}
 
     @property
     def rgb(self) -> bool:
@@ -99,23 +108,8 @@ def parse_dataset_json(folder: str | Path) -> tuple[DatasetSpec | None, list[str
     elif not all(isinstance(v, str) for v in channels.values()):
         problems.append(f'{path}: "channel_names" values must be strings')
 
-    labels = data["labels"]
-    if not isinstance(labels, dict) or not labels:
-        problems.append(f'{path}: "labels" must be a non-empty object like {{"background": 0, "organ": 1}}')
-    else:
-        bad = {k: v for k, v in labels.items() if isinstance(v, bool) or not isinstance(v, int)}
-        if bad:
-            problems.append(
-                f'{path}: "labels" values must be integers; bad: {bad} (region labels are not supported yet)'
-            )
-        else:
-            values = sorted(set(labels.values()))
-            if values[0] != 0:
-                problems.append(f'{path}: "labels" must contain background = 0, found values {values}')
-            elif values != list(range(len(values))):
-                problems.append(f"{path}: label values must be consecutive from 0 (0, 1, 2, ...), found {values}")
-            if len(values) != len(labels):
-                problems.append(f"{path}: two label names share one value: {labels}")
+    scheme, label_problems = parse_labels(data["labels"], data.get("regions_class_order"), str(path))
+    problems += label_problems
 
     n = data["numTraining"]
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
@@ -137,9 +131,10 @@ def parse_dataset_json(folder: str | Path) -> tuple[DatasetSpec | None, list[str
         folder=folder,
         name=name,
         channel_names=tuple(channels[str(i)] for i in range(len(channels))),
-        labels=dict(labels),
+        labels=dict(data["labels"]),
         num_training=n,
         file_ending=ending,
+        regions_class_order=scheme.regions_class_order,
     )
     return spec, []
 

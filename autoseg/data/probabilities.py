@@ -1,4 +1,5 @@
-"""Class probabilities on disk, and the one rule that turns probabilities into labels.
+"""Class probabilities on disk, and the one rule that turns probabilities into labels (argmax, or for regions the
+sigmoid probabilities through regions_class_order: `autoseg.data.labels`).
 
 Probability files are ``<case>.npz`` with the key ``probabilities`` (float16, (K, Z, Y, X) in the raw image grid),
 written by `autoseg predict --save-probabilities` and by the end-of-fold validation (the same writer), read by
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from autoseg.data.labels import LabelScheme, argmax_labels
 from autoseg.errors import ImageIOError
 from autoseg.serialization import atomic_write_bytes
 
@@ -51,9 +53,11 @@ def average_probabilities(members: Sequence[np.ndarray]) -> np.ndarray:
     return total / len(members)
 
 
-def probabilities_to_labels(probs: np.ndarray) -> np.ndarray:
-    """Argmax over the class axis as uint8 (uint16 above 256 classes); ties go to the lower label."""
-    return np.argmax(probs, axis=0).astype(np.uint8 if probs.shape[0] <= 256 else np.uint16)
+def probabilities_to_labels(probs: np.ndarray, scheme: LabelScheme | None = None) -> np.ndarray:
+    """Probabilities (K, *spatial) -> label map: the argmax over the class axis as uint8 (uint16 above 256 classes;
+    ties go to the lower label), or for a `scheme` with regions the regions_class_order rule (`LabelScheme.to_labels`).
+    """
+    return argmax_labels(probs) if scheme is None else scheme.to_labels(probs)
 
 
 def average_probability_files(paths: Sequence[str | Path]) -> np.ndarray:

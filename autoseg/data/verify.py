@@ -24,6 +24,7 @@ from autoseg.data.dataset import (
 )
 from autoseg.data.geometry import Geometry
 from autoseg.data.image_io import read_file, supported_endings
+from autoseg.data.labels import parse_labels
 from autoseg.data.nifti import scan_nifti
 from autoseg.data.workers import workers_for_cases
 from autoseg.errors import DatasetError, ImageIOError
@@ -207,17 +208,18 @@ def _fallback_spec(folder: Path) -> tuple[DatasetSpec | None, tuple[int, ...] | 
     if set(channels) != {str(i) for i in range(len(channels))}:
         return None, None
     labels = data.get("labels")
-    good_labels = isinstance(labels, dict) and all(type(v) is int for v in labels.values())
+    scheme = parse_labels(labels, data.get("regions_class_order"))[0]
     n = data.get("numTraining")
     spec = DatasetSpec(
         folder=folder,
         name=folder.name,
         channel_names=tuple(str(channels[str(i)]) for i in range(len(channels))),
-        labels=dict(labels) if good_labels else {},
+        labels=dict(labels) if scheme is not None else {},
         num_training=n if type(n) is int else -1,
         file_ending=ending,
+        regions_class_order=scheme.regions_class_order if scheme is not None else None,
     )
-    return spec, tuple(sorted(set(labels.values()))) if good_labels else None
+    return spec, scheme.file_values if scheme is not None else None
 
 
 def _run(cases: list[Case], expect: Expectation, jobs: int) -> list[CaseResult]:

@@ -123,20 +123,33 @@ def _mask(seg: np.ndarray, label: Label) -> np.ndarray:
 
 
 def case_metrics(
-    pred: np.ndarray, ref: np.ndarray, labels: Sequence[Label], spacing: Sequence[float], tolerance_mm: float = 1.0
+    pred: np.ndarray,
+    ref: np.ndarray,
+    labels: Sequence[Label],
+    spacing: Sequence[float],
+    tolerance_mm: float = 1.0,
+    ignore_label: int | None = None,
 ) -> dict:
-    """{label: {metric: value}} for label maps `pred` and `ref` of equal shape; `spacing` in array order (mm)."""
+    """{label: {metric: value}} for label maps `pred` and `ref` of equal shape; `spacing` in array order (mm).
+    Voxels where `ref` holds `ignore_label` are left out of both masks (their class is unknown)."""
     pred, ref = np.asarray(pred), np.asarray(ref)
     if pred.shape != ref.shape:
         raise ValueError(f"prediction shape {pred.shape} differs from reference shape {ref.shape}")
-    return {lab: label_metrics(_mask(pred, lab), _mask(ref, lab), spacing, tolerance_mm) for lab in labels}
+    if ignore_label is None:
+        return {lab: label_metrics(_mask(pred, lab), _mask(ref, lab), spacing, tolerance_mm) for lab in labels}
+    valid = ref != ignore_label
+    return {
+        lab: label_metrics(_mask(pred, lab) & valid, _mask(ref, lab) & valid, spacing, tolerance_mm) for lab in labels
+    }
 
 
 def _label_key(label: Label) -> str:
     return str(label) if isinstance(label, int) else ",".join(str(v) for v in label)
 
 
-def _evaluate_case(case_id: str, ref_path: Path, pred_path: Path, labels, tolerance_mm: float) -> list[dict]:
+def _evaluate_case(
+    case_id: str, ref_path: Path, pred_path: Path, labels, tolerance_mm: float, ignore_label: int | None = None
+) -> list[dict]:
     ref, geo = read_label(ref_path)
     pred, _ = read_label(pred_path)
     if pred.shape != ref.shape:
@@ -144,7 +157,7 @@ def _evaluate_case(case_id: str, ref_path: Path, pred_path: Path, labels, tolera
     for path, arr in ((ref_path, ref), (pred_path, pred)):
         if arr.dtype.kind == "f" and not np.array_equal(arr, np.round(arr)):
             raise ImageIOError(f"{path}: label map holds non-integer values; labels must be integers")
-    per_label = case_metrics(pred, ref, labels, geo.spacing, tolerance_mm)
+    per_label = case_metrics(pred, ref, labels, geo.spacing, tolerance_mm, ignore_label)
     return [{"case": case_id, "label": _label_key(lab), **m} for lab, m in per_label.items()]
 
 
@@ -222,11 +235,13 @@ def _case_ids(pred_dir: Path, file_ending: str, case_ids: Sequence[str] | None) 
     return list(case_ids)
 
 
-def _case_rows(case_id: str, ref_path: Path, pred_path: Path, labels, tolerance_mm: float) -> list[dict] | str:
+def _case_rows(
+    case_id: str, ref_path: Path, pred_path: Path, labels, tolerance_mm: float, ignore_label: int | None = None
+) -> list[dict] | str:
     """`_evaluate_case`, or the problem found while reading the pair (e.g. non-integer labels), so that every such
     problem of a folder is named at the end instead of the first one stopping the run."""
     try:
-        return _evaluate_case(case_id, ref_path, pred_path, labels, tolerance_mm)
+        return _evaluate_case(case_id, ref_path, pred_path, labels, tolerance_mm, ignore_label)
     except ImageIOError as exc:
         return str(exc)
 
@@ -239,6 +254,7 @@ def evaluate_folder(
     jobs: int = 2,
     case_ids: Sequence[str] | None = None,
     tolerance_mm: float = 1.0,
+    ignore_label: int | None = None,
 ):
     """Score every prediction in `pred_dir` (or the given `case_ids`) against `ref_dir` -> (DataFrame, summary).
 
@@ -247,13 +263,17 @@ def evaluate_folder(
     means, label 0 excluded}), ``mean_dice`` (= foreground_mean["dice"]), ``num_cases``, ``labels``, ``tolerance_mm``.
     Raises one DatasetError naming every bad file: first every missing, unreadable or mismatched one
     (`evaluation_problems`, before any case is scored), then every one found while scoring (e.g. non-integer labels).
+    `labels` may hold regions (tuples of values); voxels where the reference holds `ignore_label` are not scored.
     """
     ref_dir, pred_dir = Path(ref_dir), Path(pred_dir)
     ids = _case_ids(pred_dir, file_ending, case_ids)
     if problems := evaluation_problems(ref_dir, pred_dir, ids, file_ending):
         raise problems_error(problems)  # every missing, unreadable or mismatched file, before any case is scored
     labels = [tuple(lab) if isinstance(lab, (list, tuple)) else int(lab) for lab in labels]
-    args = [(c, ref_dir / f"{c}{file_ending}", pred_dir / f"{c}{file_ending}", labels, tolerance_mm) for c in ids]
+    args = [
+        (c, ref_dir / f"{c}{file_ending}", pred_dir / f"{c}{file_ending}", labels, tolerance_mm, ignore_label)
+        for c in ids
+    ]
     if jobs <= 1 or len(ids) <= 1:
         rows = [_case_rows(*a) for a in progress(args, desc="evaluate", unit="case")]
     else:

@@ -197,7 +197,7 @@ def overlay_dataset(
     """Write ``<out_dir>/<case>.png`` for the chosen cases of a raw dataset; returns the files written."""
     name = ws.resolve(dataset)
     spec, chosen = find_overlay_cases(ws.raw_dataset(name), cases, pred_dir, max_cases)
-    names = {v: k for k, v in spec.labels.items()}
+    names = {**{v: str(v) for v in spec.label_values}, **spec.label_names, **spec.scheme.written_names()}
     written = []
     for case in progress(chosen, desc="overlay", unit="case"):
         image, geometry = read_image(case.images)

@@ -21,6 +21,7 @@ import numpy as np
 
 from autoseg import __version__
 from autoseg.data.image_io import file_ending, read_file, read_label, supported_endings, write_label
+from autoseg.data.labels import LabelScheme, class_key
 from autoseg.data.probabilities import average_probability_files, probabilities_to_labels
 from autoseg.errors import AutosegError, ConfigError
 from autoseg.evaluation.metrics import evaluate_folder, save_evaluation
@@ -116,11 +117,12 @@ def merge_crossval(
     return where
 
 
-def _candidate(ws: Workspace, name, configs, folder: Path, labels, ending, case_ids, jobs) -> Candidate:
-
-    df, summary = evaluate_folder(ws.gt_folder(name), folder, labels, ending, jobs=jobs, case_ids=case_ids)
+def _candidate(ws: Workspace, name, configs, folder: Path, scheme: LabelScheme, ending, case_ids, jobs) -> Candidate:
+    """Score a candidate's CV predictions per class (label, or region "1,2"), the ignore label left out."""
+    labels, gt = scheme.classes, ws.gt_folder(name)
+    df, summary = evaluate_folder(gt, folder, labels, ending, jobs, case_ids, ignore_label=scheme.ignore_label)
     save_evaluation(df, summary, folder)
-    per = {str(v): _num(summary["mean"][str(v)]["dice"]) for v in labels}
+    per = {class_key(v): _num(summary["mean"][class_key(v)]["dice"]) for v in labels}
     return Candidate(tuple(configs), _num(summary["mean_dice"]), per, str(folder))
 
 
@@ -128,7 +130,7 @@ def _num(x: float) -> float | None:
     return None if x is None or math.isnan(x) else float(x)
 
 
-def _ensemble_pair(ws: Workspace, name, plans_name, trainer, pair, where, ending) -> Path | None:
+def _ensemble_pair(ws: Workspace, name, plans_name, trainer, pair, where, ending, scheme=None) -> Path | None:
     """Write the averaged-probability CV predictions of a pair; None when a member lacks probability files."""
     a, b = pair
     for cfg in pair:
@@ -140,7 +142,7 @@ def _ensemble_pair(ws: Workspace, name, plans_name, trainer, pair, where, ending
     for cid in progress(sorted(where[a]), desc=f"ensemble {a}+{b}", unit="case"):
         probs = average_probability_files([where[a][cid] / f"{cid}.npz", where[b][cid] / f"{cid}.npz"])
         _, geometry = read_file(where[a][cid] / f"{cid}{ending}")
-        write_label(out / f"{cid}{ending}", probabilities_to_labels(probs), geometry)
+        write_label(out / f"{cid}{ending}", probabilities_to_labels(probs, scheme), geometry)
     return out
 
 
@@ -166,25 +168,26 @@ def select_model(
             f"(checkpoint_final.pt and validation/summary.json, trainer {trainer!r}); train with -f 0..{n - 1} first"
         )
     described = describe_dataset(ws, name)
-    labels, ending = described.foreground_labels, described.file_ending
+    scheme, ending = described.scheme, described.file_ending
     where = {c: merge_crossval(ws, name, plans.name, c, trainer, n, ending) for c in configs}
     candidates = []
     for c in configs:
         folder = ws.run(name, plans.name, c, trainer, 0).crossval
-        candidates.append(_candidate(ws, name, (c,), folder, labels, ending, sorted(where[c]), jobs))
+        candidates.append(_candidate(ws, name, (c,), folder, scheme, ending, sorted(where[c]), jobs))
     for pair in itertools.combinations(configs, 2):
         if set(where[pair[0]]) != set(where[pair[1]]):
             logger.warning(f"ensemble {'+'.join(pair)} skipped: the configurations validated different cases")
             continue
-        folder = _ensemble_pair(ws, name, plans.name, trainer, pair, where, ending)
+        folder = _ensemble_pair(ws, name, plans.name, trainer, pair, where, ending, scheme)
         if folder is not None:
-            candidates.append(_candidate(ws, name, pair, folder, labels, ending, sorted(where[pair[0]]), jobs))
+            candidates.append(_candidate(ws, name, pair, folder, scheme, ending, sorted(where[pair[0]]), jobs))
     best = candidates[0]
     for cand in candidates[1:]:
         if (cand.mean_dice if cand.mean_dice is not None else -1) > (best.mean_dice or -1):
             best = cand
     cases = sorted(where[best.configurations[0]])
-    post = determine_postprocessing(_read_pairs(Path(best.folder), ws.gt_folder(name), cases, ending), labels)
+    pairs = _read_pairs(Path(best.folder), ws.gt_folder(name), cases, ending)
+    post = determine_postprocessing(pairs, scheme.classes, scheme.ignore_label)
     sel = Selection(
         SCHEMA_VERSION, name, plans.name, trainer, best.configurations, tuple(range(n)), best.mean_dice, post,
         tuple(candidates), __version__,
@@ -272,8 +275,9 @@ def evaluate_predictions(
 ) -> tuple[dict, Path, Path]:
     """Score the segmentations of `pred_dir` against `ref_dir` -> (summary, CSV path, summary JSON path).
 
-    Labels: `labels` if given, else the dataset's foreground labels (`dataset`), else every non-zero value found in
-    the references. Results go to `out_dir` (default: `pred_dir`) as metrics_per_case.csv and summary.json.
+    Labels: `labels` if given, else the dataset's classes (`dataset`: its foreground labels, or its regions, with
+    the voxels of its ignore label left out), else every non-zero value found in the references. Results go to
+    `out_dir` (default: `pred_dir`) as metrics_per_case.csv and summary.json.
     """
     ref_dir, pred_dir = Path(ref_dir), Path(pred_dir)
     for folder, what in ((ref_dir, "reference"), (pred_dir, "prediction")):
@@ -281,13 +285,15 @@ def evaluate_predictions(
             raise ConfigError(f"{folder}: {what} folder not found")
     ending = _common_ending(pred_dir)
     case_ids = sorted(p.name[: -len(ending)] for p in pred_dir.glob(f"*{ending}") if not p.name.startswith("."))
+    ignore = None
     if labels is None and dataset is not None:
-        labels = describe_dataset(ws, ws.resolve(dataset)).foreground_labels
+        scheme = describe_dataset(ws, ws.resolve(dataset)).scheme
+        labels, ignore = scheme.classes, scheme.ignore_label
     if labels is None:
         labels = _reference_labels(ref_dir, case_ids, ending)
         logger.info(f"labels found in the references: {labels}")
     if not labels:
         raise ConfigError(f"{ref_dir}: no foreground labels to evaluate; pass --labels 1 2 ...")
-    df, summary = evaluate_folder(ref_dir, pred_dir, list(labels), ending, jobs, case_ids, tolerance_mm)
+    df, summary = evaluate_folder(ref_dir, pred_dir, list(labels), ending, jobs, case_ids, tolerance_mm, ignore)
     csv_path, json_path = save_evaluation(df, summary, out_dir if out_dir is not None else pred_dir)
     return summary, csv_path, json_path

@@ -51,12 +51,13 @@ def label_voxels(label: np.ndarray, foreground: tuple[int, ...], where: str) -> 
 
 
 def case_fingerprint(
-    case: Case, foreground: tuple[int, ...], n_samples: int, seed: int, index: int
+    case: Case, foreground: tuple[int, ...], n_samples: int, seed: int, index: int, ignore_label: int | None = None
 ) -> tuple[CaseFingerprint, tuple[intensity.WeightedSample, ...]]:
     """Fingerprint one case -> (CaseFingerprint, one WeightedSample of foreground intensities per channel).
 
-    Label volumes are counted on the whole (uncropped) label map; 2D images get no volumes (their slice
-    thickness is the 999 mm placeholder), only voxel counts.
+    Label volumes are counted on the whole (uncropped) label map for every value of `foreground` (the ignore label's
+    voxels too); 2D images get no volumes (their slice thickness is the 999 mm placeholder), only voxel counts.
+    Intensities are drawn from label > 0 voxels other than the ignore label (their class is unknown).
     """
     if case.label is None:
         raise DatasetError(f"case {case.case_id!r}: label file is missing; run `autoseg verify`")
@@ -68,6 +69,8 @@ def case_fingerprint(
     box = bounding_box(nonzero_mask(image))
     crop = tuple(slice(lo, hi) for lo, hi in box)
     foreground_mask = label[crop] > 0
+    if ignore_label is not None:
+        foreground_mask &= label[crop] != ignore_label
     rng = np.random.default_rng([seed, index])
     samples = tuple(intensity.draw(image[c][crop][foreground_mask], n_samples, rng) for c in range(image.shape[0]))
     voxels = label_voxels(label, foreground, str(case.label))
@@ -143,7 +146,10 @@ def extract_fingerprint(
     jobs = workers_for_cases(jobs, cases, "fingerprint")
     n_samples = sample_budget // len(cases)
     logger.info(f"fingerprint {spec.name}: {len(cases)} cases, {n_samples} intensity samples per case, {jobs} jobs")
-    tasks = (delayed(case_fingerprint)(c, spec.foreground_labels, n_samples, seed, i) for i, c in enumerate(cases))
+    scheme = spec.scheme
+    counted = tuple(v for v in scheme.file_values if v != 0)  # the ignore label's voxels are counted too
+    ignore = scheme.ignore_label
+    tasks = (delayed(case_fingerprint)(c, counted, n_samples, seed, i, ignore) for i, c in enumerate(cases))
     results = Parallel(n_jobs=jobs, backend="loky", return_as="generator")(tasks)
     pools = [_Pool() for _ in range(spec.num_channels)]
     case_fps = []
@@ -167,6 +173,7 @@ def extract_fingerprint(
         median_relative_size_after_cropping=float(np.median([relative_size(c) for c in case_fps])),
         intensity_samples_per_case=n_samples,
         seed=seed,
+        regions_class_order=spec.regions_class_order,
     )
     return fingerprint, table_rows(fingerprint, spec.label_names)
 

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
+from autoseg.data.labels import LabelScheme, label_scheme
 from autoseg.errors import FingerprintError
-from autoseg.serialization import from_json, load_json, save_json
+from autoseg.serialization import from_json, load_json, save_json, to_json
 
 SCHEMA_VERSION = 1
 
@@ -42,7 +43,7 @@ class DatasetFingerprint:
     schema_version: int
     dataset: str
     channel_names: tuple[str, ...]
-    labels: dict[str, int]
+    labels: dict[str, int | list[int]]  # dataset.json's labels (a list of values for a region)
     num_training: int
     file_ending: str
     cases: tuple[CaseFingerprint, ...]
@@ -51,6 +52,12 @@ class DatasetFingerprint:
     source: str = "computed by autoseg fingerprint"  # where the numbers come from
     intensity_samples_per_case: int | None = None  # foreground draws per case and channel (None: unknown)
     seed: int | None = None  # global sampling seed of `autoseg fingerprint` (None: not computed by autoseg)
+    regions_class_order: tuple[int, ...] | None = None  # datasets with regions (autoseg.data.labels)
+
+    @property
+    def scheme(self) -> LabelScheme:
+        """What the labels mean (classes or regions, ignore label)."""
+        return label_scheme(self.labels, self.regions_class_order, f"fingerprint of {self.dataset}")
 
     @property
     def spacings(self) -> np.ndarray:
@@ -75,7 +82,14 @@ class DatasetFingerprint:
         return bool(np.median(self.shapes_after_crop[:, 0]) == 1)
 
     def save(self, path: str | Path) -> Path:
-        return save_json(path, self)
+        return save_json(path, self.to_json())
+
+    def to_json(self) -> dict:
+        """JSON data; `regions_class_order` only where the dataset has regions (older files stay byte-identical)."""
+        data = to_json(self)
+        if data.get("regions_class_order") is None:
+            data.pop("regions_class_order", None)
+        return data
 
     @classmethod
     def load(cls, path: str | Path) -> DatasetFingerprint:

@@ -67,4 +67,5 @@ def from_nnunet(
         intensity=intensity,
         median_relative_size_after_cropping=float(fp["median_relative_size_after_cropping"]),
         source=f"converted from nnU-Net fingerprint {fingerprint_path.name}",
+        regions_class_order=tuple(ds["regions_class_order"]) if ds.get("regions_class_order") else None,
     )

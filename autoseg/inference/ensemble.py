@@ -1,4 +1,7 @@
-"""Ensembles across configurations: average the softmax probabilities (raw image grid), then take the argmax.
+"""Ensembles across configurations: average the probabilities (raw image grid), then take the argmax.
+
+For a dataset with regions the probabilities are the per-region sigmoids; they are averaged the same way and turned
+into labels through regions_class_order (`autoseg.data.labels.LabelScheme.to_labels`).
 
 Folds of one configuration are averaged earlier, in logit space, by the predictor (as nnU-Net does); different
 configurations are combined here as probabilities, because their logits are not on a common scale. Probability files
@@ -12,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from autoseg.data.image_io import read_file, write_label
+from autoseg.data.labels import LabelScheme
 from autoseg.data.probabilities import average_probability_files, probabilities_to_labels, save_probabilities
 from autoseg.errors import ImageIOError
 from autoseg.log import progress
@@ -23,11 +27,13 @@ def ensemble_folders(
     file_ending: str,
     case_ids: Sequence[str] | None = None,
     save_npz: bool = False,
+    scheme: LabelScheme | None = None,
 ) -> list[str]:
     """Ensemble the ``.npz`` files of several prediction folders into `output` -> the case ids written.
 
     Each output segmentation gets the geometry of the first folder's ``<case><file_ending>``. Without `case_ids`,
-    the cases that have a ``.npz`` in every input are used; a case missing in one input is an error.
+    the cases that have a ``.npz`` in every input are used; a case missing in one input is an error. `scheme`: the
+    dataset's labels (regions: sigmoid probabilities and regions_class_order); None: argmax.
     """
     inputs, output = [Path(p) for p in inputs], Path(output)
     if case_ids is None:
@@ -41,7 +47,7 @@ def ensemble_folders(
     for cid in progress(case_ids, desc="ensemble", unit="case"):
         probs = average_probability_files([d / f"{cid}.npz" for d in inputs])
         _, geometry = read_file(inputs[0] / f"{cid}{file_ending}")
-        write_label(output / f"{cid}{file_ending}", probabilities_to_labels(probs), geometry)
+        write_label(output / f"{cid}{file_ending}", probabilities_to_labels(probs, scheme), geometry)
         if save_npz:
             save_probabilities(output / f"{cid}.npz", probs)
     return list(case_ids)

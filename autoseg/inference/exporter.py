@@ -3,8 +3,9 @@
 The network part of a prediction (preprocess, sliding window, softmax) runs in the main process; what follows it is
 an `ExportJob`: per configuration the softmax probabilities in the preprocessed grid, the case properties and the
 configuration, plus where the result goes. `export_case` resamples every member back to the raw image grid, averages
-them (ensemble), takes the argmax, postprocesses, writes the ``.npz`` (optional) and the label file (both atomic) and
-computes the case's statistics rows (optional).
+them (ensemble), takes the argmax (regions: `LabelScheme.to_labels`), postprocesses, writes the ``.npz`` (optional)
+and the label file (both atomic; the job's `writer` when it has one, such as a DICOM-SEG) and computes the case's
+statistics rows (optional).
 
 `Exporter` runs the jobs in the calling process (one worker: the simple sequential path) or in a small pool of
 worker processes while the main process goes on with the next case. At most workers + 1 jobs are in flight, so host
@@ -18,7 +19,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, BrokenExecutor, Future, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,12 +29,13 @@ from joblib.externals.loky import ProcessPoolExecutor
 
 from autoseg.data.geometry import Geometry
 from autoseg.data.image_io import write_label
+from autoseg.data.labels import LabelScheme
 from autoseg.data.probabilities import probabilities_to_labels, save_probabilities
 from autoseg.data.workers import largest_case
 from autoseg.errors import AutosegError, ImageIOError
 from autoseg.evaluation.postprocess import apply_postprocessing
 from autoseg.evaluation.statistics import case_statistics
-from autoseg.inference.export import NetworkOutput, restore_probabilities
+from autoseg.inference.export import NetworkOutput, restore_probabilities, restored_argmax
 from autoseg.planning.plans import Configuration
 from autoseg.preprocessing.preprocess import target_spacing
 from autoseg.resources import COPIES, case_bytes, choose_workers, describe
@@ -56,6 +58,9 @@ class ExportJob:
     label_names: dict = field(default_factory=dict)  # dataset.json's labels {name: value}
     channel_names: Sequence[str] | None = None
     parent_pid: int | None = None  # set for a pool worker: the predict process, which must still be alive
+    # writes the label map instead of `write_label`: (target, labels, geometry) -> path (e.g. a DICOM-SEG writer)
+    writer: Callable[[Path, np.ndarray, Geometry], Path] | None = None
+    scheme: LabelScheme | None = None  # regions: sigmoid probabilities -> labels via regions_class_order (else argmax)
 
 
 @dataclass
@@ -90,6 +95,8 @@ def export_case(job: ExportJob) -> ExportResult:
 
 
 def _export(job: ExportJob) -> tuple[Path, list]:
+    if job.npz is None and job.scheme is None:  # only labels wanted: one class at a time, the same labels
+        return _write(job, apply_postprocessing(restored_argmax(job.members), job.postprocessing))
     probs = None
     for member in job.members:  # one member's raw-grid probabilities at a time (summed in member order)
         restored = restore_probabilities(*member).astype(np.float32, copy=False)
@@ -99,12 +106,16 @@ def _export(job: ExportJob) -> tuple[Path, list]:
             probs += restored
     if len(job.members) > 1:
         probs /= len(job.members)
-    labels = apply_postprocessing(probabilities_to_labels(probs), job.postprocessing)
+    labels = apply_postprocessing(probabilities_to_labels(probs, job.scheme), job.postprocessing)
     if job.npz is not None:
         save_probabilities(job.npz, probs)
     del probs
+    return _write(job, labels)
+
+
+def _write(job: ExportJob, labels: np.ndarray) -> tuple[Path, list]:
     try:
-        path = write_label(job.target, labels, job.geometry)
+        path = (job.writer or write_label)(job.target, labels, job.geometry)
     except BaseException:
         if job.npz is not None:  # no probabilities without their segmentation (--continue would keep them)
             job.npz.unlink(missing_ok=True)

@@ -15,11 +15,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
+from autoseg.data.dicom.pixels import read_series
+from autoseg.data.dicom.series import DicomSeries
 from autoseg.data.geometry import Geometry
-from autoseg.data.image_io import file_ending, read_header, supported_endings
+from autoseg.data.image_io import file_ending, read_header, read_image, supported_endings
 from autoseg.data.nifti import check_nifti
 from autoseg.errors import ConfigError, DatasetError, ImageIOError, problems_error
+from autoseg.inference.dicom_inputs import dicom_series, is_dicom_input
 from autoseg.inference.source import ModelSource
+
+DICOM_DEFAULT_ENDING = ".nii.gz"  # a DICOM series' label map, unless --output-type dicom-seg
 
 
 @dataclass(frozen=True)
@@ -27,6 +34,14 @@ class InputCase:
     case_id: str
     files: tuple[Path, ...]
     ending: str
+    series: DicomSeries | None = None  # a DICOM series (autoseg.inference.dicom_inputs): its files, checked
+
+
+def read_case(case: InputCase) -> tuple[np.ndarray, Geometry]:
+    """(float32 image (C, Z, Y, X), Geometry) of a case whose files `input_problems` has checked."""
+    if case.series is not None:
+        return read_series(case.series)
+    return read_image(case.files, check_integrity=False)
 
 
 def _split_name(path: Path) -> tuple[str, int | None, str] | None:
@@ -39,14 +54,17 @@ def _split_name(path: Path) -> tuple[str, int | None, str] | None:
     return (m.group(1), int(m.group(2)), ending) if m else (stem, None, ending)
 
 
-def scan_inputs(inp: str | Path, source: ModelSource) -> tuple[list[InputCase], list[str]]:
+def scan_inputs(
+    inp: str | Path, source: ModelSource, force_modality: bool = False
+) -> tuple[list[InputCase], list[str]]:
     """(cases, naming problems) of a folder in imagesTs layout (CASE_0000.ext, CASE_0001.ext, ...) or of one file.
 
     `source` is the ModelSource (files_per_case, channel_names, file_ending say what a case needs). Every file name
     problem of the folder is collected ("PATH: what is wrong"): names without a channel index, mixed endings, extra
-    and missing channel files; a case with a missing channel file is left out of the cases. Raises at once only when
-    there is nothing to scan: `inp` does not exist, is an unsupported or multi-channel single file, or holds no
-    image file.
+    and missing channel files; a case with a missing channel file is left out of the cases. A folder of DICOM files
+    (or of such folders) gives one case per image series (`dicom_inputs`; `force_modality` skips the check that the
+    series' Modality is the model's). Raises at once only when there is nothing to scan: `inp` does not exist, is
+    an unsupported or multi-channel single file, or holds no image file.
     """
     inp, n = Path(inp), source.files_per_case
     need = f"the model needs {n} channel file(s) per case: " + ", ".join(
@@ -61,6 +79,11 @@ def scan_inputs(inp: str | Path, source: ModelSource) -> tuple[list[InputCase], 
         return [InputCase(parts[0], (inp,), parts[2])], []
     if not inp.is_dir():
         raise DatasetError(f"{inp}: input folder or file not found")
+    if is_dicom_input(inp, supported_endings()):
+        series, problems = dicom_series(inp, source, force_modality)
+        if not series and not problems:
+            raise DatasetError(f"{inp}: no DICOM image series found")
+        return [InputCase(s.case_id, s.files, DICOM_DEFAULT_ENDING, s) for s in series], problems
     found: dict[str, dict[int, Path]] = {}
     endings: dict[str, str] = {}
     problems = []
@@ -90,7 +113,9 @@ def scan_inputs(inp: str | Path, source: ModelSource) -> tuple[list[InputCase], 
         if not missing:
             cases.append(InputCase(cid, tuple(chans[i] for i in sorted(chans) if i < n), endings[cid]))
     if not cases and not problems:
-        raise DatasetError(f"{inp}: no image files found (expected CASE_0000{source.file_ending}, ...)")
+        raise DatasetError(
+            f"{inp}: no image files found (expected CASE_0000{source.file_ending}, ..., or DICOM series)"
+        )
     return cases, problems
 
 
@@ -129,7 +154,10 @@ def _file_problem(path: Path) -> tuple[tuple[int, ...], int, Geometry] | str:
 
 def _case_problems(case: InputCase, expected_channels: int) -> list[str]:
     """Every problem of one case's channel files: each unreadable file, then (when all are readable) a channel
-    count the model does not take and channel files whose shape or geometry differ from the first one's."""
+    count the model does not take and channel files whose shape or geometry differ from the first one's. A DICOM
+    series was checked when it was scanned."""
+    if case.series is not None:
+        return []
     headers = {p: _file_problem(p) for p in case.files}
     problems = [h for h in headers.values() if isinstance(h, str)]
     if problems:

@@ -20,18 +20,22 @@ import numpy as np
 import torch
 
 from autoseg.data.geometry import Geometry
-from autoseg.data.image_io import read_image, supported_endings
+from autoseg.data.image_io import supported_endings
 from autoseg.data.probabilities import probabilities_to_labels
 from autoseg.device import resolve_device
 from autoseg.errors import ConfigError, problems_error
 from autoseg.evaluation.statistics import statistics_from_files, write_statistics_csv
+from autoseg.inference.backends.choice import backend_networks, resolve_backend
+from autoseg.inference.configurations import choose_configurations
+from autoseg.inference.dicom_inputs import OUTPUT_TYPES, SEG_ENDING, seg_writer, series_statistics
 from autoseg.inference.export import NetworkOutput, restore_probabilities
 from autoseg.inference.exporter import Exporter, ExportJob, export_workers
-from autoseg.inference.inputs import InputCase, input_problems, parse_part, scan_inputs
-from autoseg.inference.sliding_window import sliding_window_logits
+from autoseg.inference.inputs import InputCase, input_problems, parse_part, read_case, scan_inputs
+from autoseg.inference.sliding_window import NNUNET_NUMERICS, sliding_window_logits
 from autoseg.inference.source import ModelSource, resolve_source
 from autoseg.log import logger, progress
 from autoseg.networks.build import build_network
+from autoseg.networks.nnunet_checkpoint import load_nnunet_weights
 from autoseg.networks.weights import load_weights
 from autoseg.preprocessing.cascade import convert_case, one_hot
 from autoseg.preprocessing.preprocess import preprocess_case
@@ -52,10 +56,12 @@ class Predictor:
         step: float = 0.5,
         tta: bool = True,
         models: Sequence[torch.nn.Module] | None = None,
+        backend: str = "torch",
     ):
         """The folds' networks are built from the plans and loaded from `source.weights`, unless `models` gives
-        them already built (one per fold in `folds`: the end-of-fold validation passes the network it trained)."""
-        self.source, self.step, self.tta = source, step, tta
+        them already built (one per fold in `folds`: the end-of-fold validation passes the network it trained).
+        `backend` (resolved: 'torch', 'onnxruntime', 'openvino') runs the loaded networks' forward passes."""
+        self.source, self.step, self.tta, self.backend = source, step, tta, backend
         self.configuration = source.plans.configuration(configuration)
         available = source.weights.get(configuration, {})
         if not available and models is None:
@@ -71,7 +77,7 @@ class Predictor:
         self.device = torch.device(device) if device is not None else resolve_device(None)
         self.memoize = False  # keep the last case's output: another predictor of the ensemble uses it too
         self._memo = None
-        self.labels = tuple(sorted(v for v in set(source.labels.values()) if v > 0))
+        self.labels = source.scheme.foreground_labels
         self._previous = None  # built on first use: `share_previous_stages` may hand over an ensemble member first
         prev = self.configuration.previous_stage
         if prev is not None and models is None and not source.weights.get(prev):
@@ -82,12 +88,18 @@ class Predictor:
         self.models = [self._load(available[f]) for f in self.folds] if models is None else list(models)
         if len(self.models) != len(self.folds):
             raise ValueError(f"{len(self.models)} network(s) given for {len(self.folds)} fold(s)")
+        if models is None and backend != "torch":
+            ckpts, cfg = [available[f] for f in self.folds], self.configuration
+            self.models = backend_networks(
+                self.models, ckpts, self.network_in_channels, cfg.patch_size, backend, cfg.network
+            )
 
     def _load(self, weights: Path) -> torch.nn.Module:
         """The plans' network with the weights of one fold, for inference on this predictor's device."""
         net = build_network(self.configuration.network, self.network_in_channels, self.source.num_classes, False)
         try:
-            net.load_state_dict(load_weights(weights))
+            load = load_nnunet_weights if self.source.weights_format == "nnunet" else load_weights
+            net.load_state_dict(load(weights))
         except RuntimeError as exc:
             raise ConfigError(f"{weights}: weights do not fit the plans' network ({str(exc)[:300]})") from exc
         net.deep_supervision = False
@@ -98,7 +110,7 @@ class Predictor:
         """A cascade stage's previous stage (all its folds, same device, step and TTA); None for other stages."""
         prev = self.configuration.previous_stage
         if prev is not None and self._previous is None:
-            self._previous = Predictor(self.source, prev, None, self.device, self.step, self.tta)
+            self._previous = Predictor(self.source, prev, None, self.device, self.step, self.tta, backend=self.backend)
         return self._previous
 
     @previous.setter
@@ -115,17 +127,26 @@ class Predictor:
         """Network input channels: the image's, plus one per foreground label for a cascade stage."""
         return self.in_channels + (len(self.labels) if self.configuration.previous_stage is not None else 0)
 
+    @property
+    def mirror_axes(self) -> tuple[int, ...]:
+        """The axes mirrored for TTA: every axis, unless the model allows fewer (nnU-Net's checkpoints say)."""
+        axes = self.source.mirror_axes.get(self.configuration.name, tuple(range(self.configuration.ndim)))
+        return () if axes is None else tuple(axes)
+
     def logits(self, data: np.ndarray) -> torch.Tensor:
         """Fold-averaged logits (K, *shape) on the CPU of a preprocessed case (C, *shape)."""
         image = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
-        mirror = tuple(range(self.configuration.ndim)) if self.tta else ()
+        mirror = self.mirror_axes if self.tta else ()
         total = None
+        nnunet = self.source.weights_format == "nnunet"  # nnU-Net's numbers: float16 tile sums and fold sums
         for net in self.models:
             out = sliding_window_logits(
-                net, image, self.configuration.patch_size, step=self.step, mirror_axes=mirror, device=self.device
-            )
+                net, image, self.configuration.patch_size, step=self.step, mirror_axes=mirror, device=self.device,
+                use_gaussian=NNUNET_NUMERICS if nnunet else True,
+            )  # fmt: skip
+            out = out.half() if nnunet else out
             total = out if total is None else total.add_(out)
-        return total / len(self.models)
+        return (total / len(self.models)).float()
 
     def network_output(self, image: np.ndarray, geometry: Geometry) -> NetworkOutput:
         """The network part of predicting a raw image (C, Z, Y, X): preprocess it exactly as the training data
@@ -144,10 +165,13 @@ class Predictor:
         return result
 
     def preprocessed_output(self, data: np.ndarray, properties: CaseProperties) -> NetworkOutput:
-        """(softmax probabilities (K, *preprocessed shape) float32, `properties`, the configuration) of a
-        preprocessed case (C, *shape): the one road that `predict` and the end-of-fold validation share; an
-        `ExportJob` turns it into raw-grid probabilities and labels (`exporter.export_case`)."""
-        return torch.softmax(self.logits(data), 0).numpy(), properties, self.configuration
+        """(probabilities (K, *preprocessed shape) float32, `properties`, the configuration) of a preprocessed case
+        (C, *shape): the one road that `predict` and the end-of-fold validation share; an `ExportJob` turns it into
+        raw-grid probabilities and labels (`exporter.export_case`). Softmax over the classes, or for a dataset with
+        regions one sigmoid per region (`LabelScheme.activation`)."""
+        logits = self.logits(data)
+        probs = torch.sigmoid(logits) if self.source.scheme.has_regions else torch.softmax(logits, 0)
+        return probs.numpy(), properties, self.configuration
 
     def _cascade_input(self, image: np.ndarray, geometry: Geometry) -> tuple[np.ndarray, PreprocessedCase]:
         """(preprocessed image + previous stage's one-hot channels, the PreprocessedCase) of a cascade stage."""
@@ -172,6 +196,8 @@ def predict_folder(
     resume: bool = False,
     workers: int = 1,
     statistics: bool = False,
+    force_modality: bool = False,
+    output_type: str = "default",
 ) -> list[Path]:
     """Predict every input case (its share under `part`) with the ensemble of `predictors`; returns written files.
 
@@ -179,17 +205,24 @@ def predict_folder(
     processes resample, postprocess and write a case while the network works on the next one (1: everything in this
     process, one case after the other; the outputs are the same). `statistics`: also write statistics.csv beside the
     outputs (`write_folder_statistics`). `resume` (--continue) skips finished cases and first removes the temporary
-    files a killed run left in the output folder (without --part: other parts may be writing there).
+    files a killed run left in the output folder (without --part: other parts may be writing there). A folder of
+    DICOM series gives one case per series (`force_modality`: predict a series whose Modality is not the model's);
+    `output_type` "dicom-seg" writes each case as a DICOM-SEG referencing its series (<case>.dcm), "default" the
+    input's format (NIfTI for DICOM input).
     """
     source = predictors[0].source
-    every, problems = scan_inputs(inp, source)
+    every, problems = scan_inputs(inp, source, force_modality)
     k, n = part
     cases = every[k - 1 :: n]
     out = Path(out)
     single_file = Path(inp).is_file() and out.name.lower().endswith(supported_endings())
 
+    dicom_seg = output_type == "dicom-seg"
+    if dicom_seg:  # a DICOM-SEG references its source series: DICOM input only
+        problems += [f"{c.files[0]}: --output-type dicom-seg needs DICOM input" for c in every if c.series is None]
+
     def target_of(case: InputCase) -> Path:
-        return out if single_file else out / f"{case.case_id}{case.ending}"
+        return out if single_file else out / f"{case.case_id}{SEG_ENDING if dicom_seg else case.ending}"
 
     # every input is checked, and every problem named, before the first output is written (no partial output folder)
     if problems := problems + input_problems(cases, predictors[0].in_channels):
@@ -208,7 +241,7 @@ def predict_folder(
     start = time.perf_counter()
     with Exporter(workers) as exporter:
         for case in progress(todo, desc="predict", unit="case"):
-            image, geometry = read_image(case.files, check_integrity=False)  # checked above, channels included
+            image, geometry = read_case(case)  # checked above, channels included
             target = target_of(case)
             npz = target.parent / f"{case.case_id}.npz" if save_probabilities else None
             members = [p.network_output(image, geometry) for p in predictors]
@@ -216,7 +249,8 @@ def predict_folder(
             del image
             exporter.submit(
                 ExportJob(case.case_id, members, geometry, target, npz, tuple(map(tuple, postprocessing)), stats_image,
-                          dict(source.labels), tuple(source.channel_names))
+                          source.scheme.written_names(), tuple(source.channel_names), scheme=source.scheme,
+                          writer=seg_writer(case.series, source.scheme.written_names()) if dicom_seg else None)
             )  # fmt: skip
             del members, stats_image
         results = exporter.finish()
@@ -240,9 +274,12 @@ def write_folder_statistics(cases, target_of, known: dict, source: ModelSource, 
     for case in progress(cases, desc="statistics", unit="case"):
         if case.case_id in known:
             rows += known[case.case_id]
+        elif target_of(case).is_file() and case.series is not None:
+            names = source.scheme.written_names()
+            rows += series_statistics(case.series, target_of(case), names, case.case_id, source.channel_names)
         elif target_of(case).is_file():
             rows += statistics_from_files(
-                target_of(case), case.files, source.labels, case.case_id, source.channel_names
+                target_of(case), case.files, source.scheme.written_names(), case.case_id, source.channel_names
             )
         else:
             continue
@@ -250,43 +287,6 @@ def write_folder_statistics(cases, target_of, known: dict, source: ModelSource, 
     write_statistics_csv(rows, path)
     logger.info(f"statistics of {n} case(s) -> {path}")
     return path
-
-
-# ---- what to predict with --------------------------------------------------------------------------------------
-def choose_configurations(source: ModelSource, configuration: str | None, ensemble: bool):
-    """(configurations, postprocessing steps): -c, else --ensemble's selection, else the best single configuration.
-
-    Postprocessing is applied only when the configurations are exactly the selection's winner (it was decided on
-    that model's cross-validation predictions).
-    """
-    sel, trained = source.selection, source.trained()
-    if configuration is not None:
-        configs = (configuration,)
-    elif ensemble:
-        if sel is None:
-            raise ConfigError(
-                f"{source.location}: --ensemble needs a model selection; run `autoseg select -d "
-                f"{source.dataset}` after training all folds (or choose a configuration with -c)"
-            )
-        configs = tuple(sel.configurations)
-    elif sel is not None and not sel.is_ensemble:
-        configs = tuple(sel.configurations)
-    elif sel is not None:
-        singles = [c for c in sel.candidates if len(c.configurations) == 1]
-        best = max(singles, key=lambda c: -1.0 if c.mean_dice is None else c.mean_dice)
-        configs = tuple(best.configurations)
-        logger.info(f"selection's best model is the ensemble {'+'.join(sel.configurations)}; add --ensemble to use it")
-    else:
-        preferred = [c for c in ("3d_fullres", "2d") if c in trained]
-        configs = (preferred[0] if preferred else (trained[0] if trained else "3d_fullres"),)
-    missing = [c for c in configs if c not in trained]
-    if missing:
-        raise ConfigError(
-            f"{source.location}: configuration {missing[0]!r} has no trained fold; "
-            f"trained: {', '.join(trained) if trained else 'none'}"
-        )
-    steps = sel.postprocessing.steps if sel is not None and tuple(sel.configurations) == configs else ()
-    return configs, steps
 
 
 def run_predict(
@@ -311,14 +311,20 @@ def run_predict(
     postprocess: bool = True,
     workers: int | None = None,
     statistics: bool = False,
+    backend: str = "auto",
+    force_modality: bool = False,
+    output_type: str = "default",
 ) -> list[Path]:
     """`autoseg predict`: resolve the model (run folders or bundle), the configurations and folds, then predict.
 
     `fast`: the first trained fold only, no mirroring, step 0.75 (unless `folds` / `step` are given).
     `workers`: export processes (fewer when the largest case would not fit memory; None: `default_export_workers`);
-    `statistics`: statistics.csv.
+    `statistics`: statistics.csv. `backend`: what runs the network forward ('auto': OpenVINO or ONNX Runtime on
+    the CPU when installed, else torch; see autoseg.inference.backends.choice).
     """
     share = parse_part(part)
+    if output_type not in OUTPUT_TYPES:
+        raise ConfigError(f"--output-type {output_type!r}: expected one of {', '.join(OUTPUT_TYPES)}")
     if workers is not None and workers < 1:
         raise ConfigError(f"-j/--workers {workers}: must be at least 1 (1 = export in the main process)")
     if step is not None and not 0 < step <= 1:
@@ -329,19 +335,21 @@ def run_predict(
         tta = False
         step = 0.75 if step is None else step
     dev = resolve_device(device)
+    backend = resolve_backend(backend, dev)
     workers = default_export_workers(dev) if workers is None else workers
     predictors = []
     for c in configs:
         use = folds if folds is not None or not fast else [next(iter(source.weights[c]))]
-        predictors.append(Predictor(source, c, use, dev, 0.5 if step is None else step, tta))
+        predictors.append(Predictor(source, c, use, dev, 0.5 if step is None else step, tta, backend=backend))
     share_previous_stages(predictors)
     logger.info(
         f"predicting with {source.dataset} {'+'.join(configs)} (folds {', '.join(map(str, predictors[0].folds))}), "
-        f"TTA {'on' if tta else 'off'}, step {predictors[0].step}, device {dev}, postprocessing "
+        f"TTA {'on' if tta else 'off'}, step {predictors[0].step}, device {dev}, backend {backend}, postprocessing "
         + ("; ".join("+".join(map(str, s)) for s in steps) if steps and postprocess else "none")
     )
     steps = steps if postprocess else ()
-    return predict_folder(predictors, inp, out, steps, save_probabilities, share, resume, workers, statistics)
+    return predict_folder(predictors, inp, out, steps, save_probabilities, share, resume, workers, statistics,
+                          force_modality, output_type)  # fmt: skip
 
 
 def share_previous_stages(predictors: Sequence[Predictor]) -> None:

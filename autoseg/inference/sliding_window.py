@@ -21,6 +21,7 @@ from functools import lru_cache
 
 import numpy as np
 import torch
+from scipy import ndimage
 from torch import nn
 from torch.nn import functional as F
 
@@ -78,6 +79,24 @@ def gaussian_importance(
     return gauss.to(device) if device is not None else gauss
 
 
+@lru_cache(maxsize=16)
+def _nnunet_gaussian_np(patch_size: tuple[int, ...]) -> np.ndarray:
+    impulse = np.zeros(patch_size)
+    impulse[tuple(p // 2 for p in patch_size)] = 1.0
+    gauss = ndimage.gaussian_filter(impulse, [p / 8 for p in patch_size], 0, mode="constant", cval=0)
+    return gauss / (gauss.max() / NNUNET_GAUSSIAN_SCALE)
+
+
+def nnunet_gaussian(patch_size: Sequence[int], device: torch.device | str | None = None) -> torch.Tensor:
+    """nnU-Net v2's tile weight, float16 as it uses it: a unit impulse at the voxel ``p // 2`` of each axis smoothed
+    by a truncated Gaussian filter (sigma = patch / 8, zero outside), scaled to a maximum of 10; zeros replaced by
+    the smallest non-zero value."""
+    gauss = torch.from_numpy(_nnunet_gaussian_np(tuple(int(p) for p in patch_size))).to(torch.float16)
+    if (gauss == 0).any():
+        gauss[gauss == 0] = gauss[gauss != 0].min()
+    return gauss.to(device) if device is not None else gauss
+
+
 def mirror_subsets(mirror_axes: Sequence[int]) -> list[tuple[int, ...]]:
     """All subsets of `mirror_axes`, the empty one (no flip) first: 2**len(mirror_axes) passes."""
     axes = tuple(sorted(set(int(a) for a in mirror_axes)))
@@ -88,6 +107,8 @@ def _first(output) -> torch.Tensor:
     return output[0] if isinstance(output, (list, tuple)) else output
 
 
+NNUNET_NUMERICS = "nnunet"  # use_gaussian value: nnU-Net v2's Gaussian and float16 accumulation (its models)
+NNUNET_GAUSSIAN_SCALE = 10.0
 CPU_BATCH_VOXELS = 2**20  # inputs x patch voxels per forward pass on the CPU (~128 MB per 32-channel feature map)
 CPU_MAX_BATCH = 8
 
@@ -166,7 +187,7 @@ def _accumulate(
     batch_tiles: int,
     device: torch.device,
     buffer_device: torch.device,
-    use_gaussian: bool,
+    use_gaussian: bool | str,
     max_batch: int = 1,
 ) -> torch.Tensor:
     """Weighted logit sum divided by the weight sum for a padded image (C, *lead, *spatial) -> (K, *lead, *spatial).
@@ -177,26 +198,33 @@ def _accumulate(
     spatial = tuple(image.shape[-len(patch) :])
     lead = tuple(image.shape[1 : image.ndim - len(patch)])
     positions = tile_positions(spatial, patch, step)
-    if use_gaussian:
+    half = use_gaussian == NNUNET_NUMERICS  # nnU-Net's float16 weight and sums (models from nnU-Net)
+    if half:
+        weight = nnunet_gaussian(patch, device=buffer_device)
+    elif use_gaussian:
         weight = gaussian_importance(patch, device=buffer_device)
     else:
         weight = torch.ones(patch, dtype=torch.float32, device=buffer_device)
     tile_weight = weight / len(flips)
     autocast = device.type == "cuda"
-    logits, weights = None, torch.zeros((*lead, *spatial), dtype=torch.float32, device=buffer_device)
+    dtype = torch.float16 if half else torch.float32
+    logits, weights = None, torch.zeros((*lead, *spatial), dtype=dtype, device=buffer_device)
     tiles = list(_tiles(lead, positions, patch))
     for start in range(0, len(tiles), batch_tiles):
         chunk = tiles[start : start + batch_tiles]
         batch = torch.stack([image[(slice(None), *sl)] for sl in chunk]).to(device, non_blocking=True)
         with torch.inference_mode():
             pred = _forward_tta(model, batch, flips, autocast, max_batch)
-            pred = pred.to(buffer_device).mul_(tile_weight)
+            if half:  # mirror mean, then the weight, in float32; the sums round to float16 (nnU-Net's order)
+                pred = pred.to(buffer_device).div_(len(flips)).mul_(weight)
+            else:
+                pred = pred.to(buffer_device).mul_(tile_weight)
         if logits is None:
-            logits = torch.zeros((pred.shape[1], *lead, *spatial), dtype=torch.float32, device=buffer_device)
+            logits = torch.zeros((pred.shape[1], *lead, *spatial), dtype=dtype, device=buffer_device)
         for i, sl in enumerate(chunk):
             logits[(slice(None), *sl)].add_(pred[i])
             weights[sl].add_(weight)
-    return logits.div_(weights)
+    return logits.div_(weights).float() if half else logits.div_(weights)
 
 
 def sliding_window_logits(
@@ -207,7 +235,7 @@ def sliding_window_logits(
     mirror_axes: Sequence[int] = (),
     batch_tiles: int = 4,
     device: torch.device | str | None = None,
-    use_gaussian: bool = True,
+    use_gaussian: bool | str = True,
     max_batch: int | None = None,
 ) -> torch.Tensor:
     """Logits (K, *spatial) float32 on the CPU of `model` over `image` (C, *spatial) by Gaussian-weighted tiles.
@@ -219,6 +247,9 @@ def sliding_window_logits(
     `batch_tiles` tiles are cut out together; their mirrored copies are concatenated into forward passes of at most
     `max_batch` inputs (default `default_max_batch`: up to 8 on the CPU, `batch_tiles` on a GPU).
     Images smaller than the patch are padded with 0 and the result cropped back to the input size.
+    `use_gaussian` "nnunet" (`NNUNET_NUMERICS`) reproduces nnU-Net v2's numbers for its models: its float16 Gaussian
+    (`nnunet_gaussian`) and float16 sums of the weighted tiles and weights, as nnU-Net 2.x accumulates (on the CPU
+    too); the result is returned as float32.
     The model runs in eval mode (its previous mode is restored) under ``torch.inference_mode``; a model returning
     a list (deep supervision) contributes its first, full-resolution element.
     """
@@ -251,7 +282,7 @@ def predict_2d_from_3d(
     mirror_axes: Sequence[int] = (),
     batch_tiles: int = 16,
     device: torch.device | str | None = None,
-    use_gaussian: bool = True,
+    use_gaussian: bool | str = True,
     max_batch: int | None = None,
 ) -> torch.Tensor:
     """A 2D model over a 3D image (C, Z, Y, X), slice by slice along Z -> logits (K, Z, Y, X) float32 on the CPU.

@@ -15,10 +15,11 @@ installed bundle). An installed bundle folder holds::
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from autoseg.data.dataset import files_per_case, load_dataset
+from autoseg.data.labels import LabelScheme, label_scheme
 from autoseg.errors import ConfigError
 from autoseg.evaluation.select import Selection
 from autoseg.fingerprint.describe import describe_dataset
@@ -38,17 +39,27 @@ class ModelSource:
 
     dataset: str
     plans: Plans
-    labels: dict[str, int]
+    labels: dict[str, int | list[int]]
     channel_names: tuple[str, ...]
     file_ending: str
     weights: dict[str, dict[int | str, Path]]  # configuration -> fold -> checkpoint / weights file
     selection: Selection | None
     location: Path  # results folder or bundle folder (for messages)
     fingerprint: DatasetFingerprint | None = None  # intensity statistics when the plans hold none
+    weights_format: str = "autoseg"  # "nnunet": nnU-Net checkpoints (autoseg.networks.nnunet_checkpoint)
+    # configuration -> TTA mirror axes the model allows (None: none); a configuration not listed: every axis
+    mirror_axes: dict[str, tuple[int, ...] | None] = field(default_factory=dict)
+    regions_class_order: tuple[int, ...] | None = None  # a dataset with regions (autoseg.data.labels)
+
+    @property
+    def scheme(self) -> LabelScheme:
+        """What the outputs mean: softmax classes or sigmoid regions, and the ignore label."""
+        return label_scheme(self.labels, self.regions_class_order, f"{self.location}: labels")
 
     @property
     def num_classes(self) -> int:
-        return max(self.labels.values()) + 1
+        """Network outputs (one per region, else one per label value without the ignore label)."""
+        return self.scheme.num_outputs
 
     @property
     def files_per_case(self) -> int:
@@ -99,7 +110,7 @@ def source_from_workspace(
     fp = _fingerprint(ws.fingerprint_file(name))
     return ModelSource(
         name, plans, described.labels, described.channel_names, described.file_ending, weights, selection,
-        ws.results_dataset(name), fp,
+        ws.results_dataset(name), fp, regions_class_order=described.regions_class_order,
     )  # fmt: skip
 
 
@@ -190,5 +201,6 @@ def load_bundle(folder: str | Path) -> ModelSource:
     selection = Selection.load(sel_path) if sel_path.is_file() else None
     fp = _fingerprint(folder / "fingerprint.json")
     return ModelSource(
-        info.dataset, plans, dict(spec.labels), spec.channel_names, spec.file_ending, weights, selection, folder, fp
-    )
+        info.dataset, plans, dict(spec.labels), spec.channel_names, spec.file_ending, weights, selection, folder, fp,
+        regions_class_order=spec.regions_class_order,
+    )  # fmt: skip

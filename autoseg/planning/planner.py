@@ -262,7 +262,8 @@ class DefaultPlanner:
             fingerprint.channel_names, fingerprint.median_relative_size_after_cropping
         )
         ctx = _Context(
-            s, net, memory, reference, gpu, len(fingerprint.channel_names), len(fingerprint.labels), norm, masks,
+            s, net, memory, reference, gpu, len(fingerprint.channel_names), fingerprint.scheme.num_outputs, norm,
+            masks,
             tuple(T.AXIS_NAMES[i] for i in tf),
         )  # fmt: skip
         median_shape = T.median_resampled_shape(spacings, shapes, target)[tf_idx]

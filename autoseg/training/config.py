@@ -39,11 +39,20 @@ class TrainConfig:
     deep_supervision: bool = True
     batch_size: int = 0  # 0 = the plans' batch size (the global batch under DDP)
     ema_alpha: float = 0.9  # EMA pseudo-Dice = alpha * previous + (1 - alpha) * current
-    amp: bool = True  # mixed precision; only ever used on CUDA
+    amp: bool = True  # mixed precision (autocast); false = full precision everywhere
+    # training-step switches (autoseg.training.step_options): nnU-Net's CUDA defaults on, the rest off until measured
+    amp_dtype: str = "auto"  # "auto" (float16 on CUDA, none on CPU), "float16" or "bfloat16" (any device)
+    channels_last: bool = False  # weights and batches in channels-last memory format
+    cudnn_benchmark: bool = True  # cuDNN autotuning on CUDA (never with --deterministic)
+    compile: str = ""  # torch.compile backend for the training step, e.g. "inductor" ("" = off)
     val_step: float = 0.5  # sliding-window step (fraction of the patch) in end-of-fold validation
     val_tta: bool = True  # mirror test-time augmentation in end-of-fold validation
     validate_at_end: bool = True  # full-volume validation of the fold's cases after training
     save_probabilities: bool = True  # fold_k/validation/<case>.npz for ensembling
+    # fine-tuning (autoseg.training.pretrained): initial weights, linear lr warm-up, epochs with the encoder frozen
+    pretrained: str = ""  # checkpoint, run folder or bundle folder ("" = random initialisation); --pretrained PATH
+    warmup_epochs: int = 0  # lr rises linearly to `lr` over these epochs, then the poly schedule over the rest
+    freeze_encoder_epochs: int = 0  # the encoder's weights stay fixed during the first N epochs
     # keyword arguments of the components above and of the trainer class (see the module docstring)
     loss_kwargs: dict[str, Any] = field(default_factory=dict)
     optimizer_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -63,6 +72,9 @@ class TrainConfig:
             (self.batch_size >= 0, "batch_size must be >= 0 (0 = from plans)"),
             (0 <= self.ema_alpha < 1, "ema_alpha must be in [0, 1)"),
             (0 < self.val_step <= 1, "val_step must be in (0, 1]"),
+            (0 <= self.warmup_epochs < self.epochs, "warmup_epochs must be >= 0 and < epochs"),
+            (self.freeze_encoder_epochs >= 0, "freeze_encoder_epochs must be >= 0"),
+            (self.amp_dtype in ("auto", "float16", "bfloat16"), "amp_dtype must be auto, float16 or bfloat16"),
         ]
         for ok, message in checks:
             if not ok:

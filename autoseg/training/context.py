@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from autoseg.data.labels import LabelScheme
 from autoseg.data.splits import fold_cases, load_or_create_splits
 from autoseg.device import resolve_device
 from autoseg.errors import ConfigError
@@ -42,6 +43,7 @@ class FoldContext:
     in_channels: int  # network input: image channels (+ one per foreground label for a cascade stage)
     file_ending: str
     prev_stage_folder: Path | None = None  # cascade: the previous stage's maps (autoseg.training.cascade)
+    scheme: LabelScheme | None = None  # classes or regions, ignore label (None: plain labels 0..num_classes-1)
 
     @property
     def run(self) -> RunFolder:
@@ -76,8 +78,10 @@ def fold_context(
     splits = load_or_create_splits(ws.splits_file(dataset), cases, group_by, write=write)
     train_ids, val_ids = fold_cases(splits, fold, cases)
     fp = DatasetFingerprint.load(ws.fingerprint_file(dataset))
-    values = sorted(set(fp.labels.values()))
-    labels = tuple(v for v in values if v != 0)
+    scheme = fp.scheme
+    labels = scheme.foreground_labels
+    if scheme.has_regions and conf.previous_stage:
+        raise ConfigError(f"{conf.name}: a cascade stage cannot be trained on a dataset with regions")
     prev = _prev_stage(ws, dataset, plans, conf, trainer_name, cases, write) if conf.previous_stage else None
     return FoldContext(
         ws,
@@ -91,10 +95,11 @@ def fold_context(
         tuple(train_ids),
         tuple(val_ids),
         labels,
-        max(values) + 1,
+        scheme.num_outputs,
         len(conf.normalization) + (len(labels) if prev is not None else 0),
         fp.file_ending,
         prev,
+        scheme,
     )
 
 

@@ -8,8 +8,8 @@ batches w, w + N, ... and torch's DataLoader returns them in order, so a stream 
 (0 = in the calling process) and can be resumed at any batch (`start_batches`).
 
 Background workers are torch DataLoader processes over an IterableDataset: batches travel through shared memory
-(about 2.7 ms of main-process CPU per Hippocampus batch, against 7-11 ms for batchgenerators' MultiThreadedAugmenter,
-which pickles the arrays), dead workers are detected and reported, and shutdown is explicit with `close()`.
+(each worker writes into a few reused buffers, `shared_ring`; the consumer copies a batch out on receipt), dead
+workers are detected and reported, and shutdown is explicit with `close()`.
 
 Where augmentation runs: with a batched torch pipeline and a GPU, the workers only crop (and draw the parameters) and
 ship `SampledBatch`es (float32 crops as stored, int8 labels) through pinned memory; the training process augments
@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import random
 import time
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,7 @@ from autoseg.training.augment import AugmentSpec, augment_spec
 from autoseg.training.batch_augment.pipeline import BatchPipeline
 from autoseg.training.pipelines import build_pipeline
 from autoseg.training.sampling import PatchSampler, check_cases
+from autoseg.training.shared_ring import PREFETCH, RING_SLOTS, SharedRing, SlotBuffers, from_wire, to_wire
 
 TRAIN_STREAM, VAL_STREAM = 0, 1
 WORKER_TIMEOUT_S = 300.0  # a worker that produces nothing for this long is reported instead of waited on forever
@@ -49,6 +51,13 @@ class Batch:
     def pin_memory(self) -> Batch:
         return Batch(self.data.pin_memory(), [t.pin_memory() for t in self.target])
 
+    def clone(self) -> Batch:
+        return Batch(self.data.clone(), [t.clone() for t in self.target])
+
+    def into(self, slot: SlotBuffers) -> Batch:
+        """This batch copied into `slot`'s shared buffers (a worker's reused ring slot)."""
+        return Batch(slot.copy(self.data), [slot.copy(t) for t in self.target])
+
 
 @dataclass(frozen=True)
 class SampledBatch:
@@ -61,6 +70,16 @@ class SampledBatch:
 
     def pin_memory(self) -> SampledBatch:
         return SampledBatch(self.data.pin_memory(), self.seg.pin_memory(), self.params)
+
+    def clone(self) -> SampledBatch:
+        return SampledBatch(self.data.clone(), self.seg.clone(), self.params)
+
+    def __getstate__(self) -> dict:  # to another process: the parameters as numpy (small tensors cost a file each)
+        return {"data": self.data, "seg": self.seg, "params": to_wire(self.params)}
+
+    def __setstate__(self, state: dict) -> None:
+        for key, value in state.items():
+            object.__setattr__(self, key, from_wire(value) if key == "params" else value)
 
 
 class BatchSource:
@@ -79,26 +98,33 @@ class BatchSource:
         prev_stage: str | Path | None = None,
         augmentation_kwargs: Mapping[str, Any] | None = None,
         defer_augmentation: bool = False,
+        oversample_classes: Sequence[Sequence[int]] | None = None,
     ):
         """`defer_augmentation`: a batched (torch) pipeline's batches are made as `SampledBatch`es and augmented by
         `augment` on the training device (a GPU); otherwise (CPU training, or a batchgenerators pipeline) `make`
         returns the finished `Batch`."""
         self.pipeline = build_pipeline(augmentation, spec, augmentation_kwargs)
         size = self.pipeline.sample_size
-        self.sampler = PatchSampler(folder, case_ids, size, oversample, spec.patch_size, prev_stage)
+        self.sampler = PatchSampler(folder, case_ids, size, oversample, spec.patch_size, prev_stage, oversample_classes)
         self.batch_size, self.stream = int(batch_size), int(stream)
         self.entropy = [int(v) for v in np.atleast_1d(seed)]  # seed and seed_key
         self.defer = bool(defer_augmentation) and isinstance(self.pipeline, BatchPipeline)
 
-    def make(self, index: int) -> Batch | SampledBatch:
+    def make(self, index: int, slot: SlotBuffers | None = None) -> Batch | SampledBatch:
+        """Batch `index` of the stream; with `slot` (in a worker) its tensors are that slot's shared buffers."""
         sampler_seq, global_seq = np.random.SeedSequence([*self.entropy, self.stream, int(index)]).spawn(2)
         rng = np.random.default_rng(sampler_seq)
         if isinstance(self.pipeline, BatchPipeline):
-            data, seg = self.sampler.sample(rng, self.batch_size)
+            shipped = slot is not None and self.defer  # crops straight into the shared memory that is shipped
+            data, seg = self.sampler.sample(rng, self.batch_size, slot.empty_numpy if shipped else np.empty)
             gen = torch.Generator().manual_seed(int(global_seq.generate_state(1, np.uint64)[0] >> 1))
             params = self.pipeline.draw(gen, len(data), data.shape[1])
-            sampled = SampledBatch(torch.from_numpy(data), torch.from_numpy(seg), params)  # seg int8 as stored
-            return sampled if self.defer else self.augment(sampled)
+            tensor = slot.as_tensor if shipped else torch.from_numpy
+            sampled = SampledBatch(tensor(data), tensor(seg), params)  # seg int8 as stored
+            if self.defer:
+                return sampled
+            batch = self.augment(sampled)
+            return batch.into(slot) if slot is not None else batch
         # batchgenerators draws from numpy's and Python's global generators: seed both, restore the caller's after
         saved = np.random.get_state(), random.getstate()
         words = global_seq.generate_state(4)
@@ -110,7 +136,8 @@ class BatchSource:
         finally:
             np.random.set_state(saved[0])
             random.setstate(saved[1])
-        return Batch(torch.from_numpy(data), [torch.from_numpy(t) for t in targets])
+        batch = Batch(torch.from_numpy(data), [torch.from_numpy(t) for t in targets])
+        return batch.into(slot) if slot is not None else batch
 
     def augment(self, sampled: SampledBatch, device: torch.device | None = None) -> Batch:
         """The batched pipeline applied to `sampled` on `device` (default: where its tensors are)."""
@@ -128,8 +155,9 @@ class _BatchStream(IterableDataset):
     def __iter__(self):
         info = get_worker_info()
         index, step = (self.start + info.id, info.num_workers) if info else (self.start, 1)
+        ring = SharedRing() if info else None  # in a worker: batches are written into reused shared memory
         while True:
-            yield self.source.make(index)
+            yield self.source.make(index, ring.next() if ring else None)
             index += step
 
 
@@ -154,6 +182,7 @@ class DataIterator:
         self.wait_seconds = 0.0
         self.last_wait = 0.0
         self._it = None
+        self._mapped: deque[Batch | SampledBatch] = deque(maxlen=max(1, self.num_workers) * RING_SLOTS)
         if self.num_workers > 0:
             loader = DataLoader(
                 _BatchStream(source, self.position),
@@ -161,7 +190,7 @@ class DataIterator:
                 num_workers=self.num_workers,
                 pin_memory=self.pin_memory,
                 timeout=WORKER_TIMEOUT_S,
-                prefetch_factor=2,
+                prefetch_factor=PREFETCH,
             )
             self._it = iter(loader)
         self._closed = False
@@ -186,8 +215,10 @@ class DataIterator:
         return batch.pin_memory() if self.pin_memory else batch
 
     def _next_from_workers(self) -> Batch | SampledBatch:
+        """The next batch, out of the worker's shared ring: pinning (a GPU) copies it, `augment` copies a
+        `SampledBatch` before returning, and a finished `Batch` is cloned here, before more batches are asked for."""
         try:
-            return next(self._it)
+            batch = next(self._it)
         except (RuntimeError, OSError, EOFError) as exc:  # a dead sender also breaks the shared-memory handover
             dead = self._dead_workers(wait_s=0.0 if isinstance(exc, RuntimeError) else 1.0)
             if isinstance(exc, RuntimeError) and not dead and "DataLoader worker" not in str(exc):
@@ -197,6 +228,10 @@ class DataIterator:
                 f"data-loading worker process(es) {dead or ''} died or stalled ({type(exc).__name__}: {exc}). If one "
                 "was killed for lack of memory, use fewer workers (num_workers) or a smaller batch."
             ) from exc
+        if self.pin_memory:
+            return batch
+        self._mapped.append(batch)  # keeps the ring mapped here, so that torch finds its memory in its cache
+        return batch if isinstance(batch, SampledBatch) else batch.clone()
 
     def _dead_workers(self, wait_s: float) -> list[int]:
         """Pids of exited workers, polling up to `wait_s` (a killed process closes its sockets before it is reaped)."""
@@ -274,6 +309,7 @@ def make_loaders(
     prev_stage: str | Path | None = None,
     prev_stage_labels: Sequence[int] = (),
     device: torch.device | None = None,
+    oversample_classes: Sequence[Sequence[int]] | None = None,
 ) -> tuple[DataIterator, DataIterator]:
     """Training (augmented) and validation ("none") batch iterators over a preprocessed configuration folder.
 
@@ -290,6 +326,8 @@ def make_loaders(
             then hold one extra one-hot data channel per label).
         device: the training device. On a GPU the workers only sample (and draw the augmentation's parameters) and
             the batched augmentation runs on the GPU in this process; elsewhere it runs in the workers.
+        oversample_classes: label-value groups that foreground oversampling centres patches on (regions, or the
+            labels without the ignore label); default every stored label > 0.
     Returns:
         (train_iter, val_iter), infinite; batches are identical for every `num_workers` given the seed.
     """
@@ -306,6 +344,7 @@ def make_loaders(
     spec = augment_spec(configuration, deep_supervision, prev_stage_labels if prev_stage is not None else ())
     common = dict(spec=spec, batch_size=batch_size, oversample=oversample_foreground, seed=[seed, *seed_key])
     common["prev_stage"] = prev_stage
+    common["oversample_classes"] = oversample_classes
     aug = dict(augmentation=augmentation, augmentation_kwargs=augmentation_kwargs)
     on_gpu = device is not None and torch.device(device).type == "cuda"
     train = BatchSource(folder, train_ids, stream=TRAIN_STREAM, defer_augmentation=on_gpu, **aug, **common)

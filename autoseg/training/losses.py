@@ -8,8 +8,17 @@ Dice per sample and class; either way the result is the mean over the entries. T
 float one-hot: a bool class mask of the foreground classes selects the probabilities (softmax taken in float32, so
 the sums stay accurate under CUDA autocast). Sums run over background-free slices only.
 
+Regions (`autoseg.data.labels`): one sigmoid output per region; "dice_bce" = BCE - Dice, both per region (Dice over
+every output: there is no background output), the int target turned into one bool mask per region inside the loss.
+A dataset with regions trains with "dice_bce" when the config names "dice_ce" (the default).
+
+The ignore label: its voxels are left out of every sum (CE by ``ignore_index``; BCE and Dice through a mask that
+multiplies probabilities and per-voxel terms), so they contribute exactly nothing to the loss or its gradient; the
+means divide by the valid voxels only.
+
 Add your own loss with ``@losses.register("my_loss")`` on a builder ``(num_classes, batch_dice, ignore_label) ->
-nn.Module`` and set ``--set loss=my_loss``.
+nn.Module`` and set ``--set loss=my_loss`` (a dataset with regions also passes ``regions=``, a tuple of label-value
+tuples, so a region loss takes that keyword).
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from autoseg.errors import ConfigError
 from autoseg.registry import Registry
 
 LossBuilder = Callable[[int, bool, "int | None"], nn.Module]
@@ -93,6 +103,57 @@ class DiceCELoss(nn.Module):
         return self.weight_ce * self.ce(logits, target) + self.weight_dice * self.dice(logits, target)
 
 
+def region_masks(target: torch.Tensor, regions: Sequence[Sequence[int]]) -> torch.Tensor:
+    """int target (B, 1, *S) -> bool (B, R, *S): voxel in region r iff its label is one of the region's values."""
+    flat = target[:, 0]
+    masks = [torch.isin(flat, torch.tensor(list(r), dtype=flat.dtype, device=flat.device)) for r in regions]
+    return torch.stack(masks, 1)
+
+
+class RegionDiceBCELoss(nn.Module):
+    """weight_bce * BCE - weight_dice * soft Dice, per region on sigmoid outputs (B, R, *S); target (B, 1, *S) int
+    label values (or `ignore_label`). BCE is the mean over regions and valid voxels; Dice as `SoftDiceLoss` over all
+    R outputs (batch_dice: sums over the batch first)."""
+
+    def __init__(
+        self,
+        regions: Sequence[Sequence[int]],
+        batch_dice: bool,
+        weight_bce: float = 1.0,
+        weight_dice: float = 1.0,
+        ignore_label: int | None = None,
+        smooth: float = DICE_SMOOTH,
+    ):
+        super().__init__()
+        self.regions = tuple(tuple(int(v) for v in r) for r in regions)
+        if not self.regions:
+            raise ValueError("a region loss needs at least one region")
+        self.batch_dice, self.ignore_label, self.smooth = batch_dice, ignore_label, smooth
+        self.weight_bce, self.weight_dice = float(weight_bce), float(weight_dice)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if logits.shape[1] != len(self.regions):
+            raise ValueError(f"{logits.shape[1]} network outputs for {len(self.regions)} regions")
+        target = target.long()
+        onehot = region_masks(target, self.regions)
+        logits = logits.float()
+        bce = F.binary_cross_entropy_with_logits(logits, onehot.float(), reduction="none")
+        probs = torch.sigmoid(logits)
+        if self.ignore_label is not None:
+            valid = target != self.ignore_label  # (B, 1, *S), broadcast over the regions
+            bce = (bce * valid).sum() / (valid.sum() * len(self.regions)).clamp_min(1)
+            probs, onehot = probs * valid, onehot & valid
+        else:
+            bce = bce.mean()
+        b, r = probs.shape[:2]
+        probs, onehot = probs.reshape(b, r, -1), onehot.reshape(b, r, -1)
+        intersect, vol_pred, vol_gt = (probs * onehot).sum(-1), probs.sum(-1), onehot.sum(-1, dtype=probs.dtype)
+        if self.batch_dice:
+            intersect, vol_pred, vol_gt = intersect.sum(0), vol_pred.sum(0), vol_gt.sum(0)
+        dice = (2 * intersect + self.smooth) / (vol_gt + vol_pred + self.smooth).clamp_min(1e-8)
+        return self.weight_bce * bce - self.weight_dice * dice.mean()
+
+
 def _split_ignore(target: torch.Tensor, ignore_label: int | None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(target with ignored voxels set to 0, mask of valid voxels or None)."""
     target = target.long()
@@ -113,6 +174,20 @@ def _dice_ce(
     return DiceCELoss(batch_dice, weight_ce, weight_dice, ignore_label)
 
 
+@losses.register("dice_bce")
+def _dice_bce(
+    num_classes: int,
+    batch_dice: bool,
+    ignore_label: int | None = None,
+    regions: Sequence[Sequence[int]] = (),
+    weight_bce: float = 1.0,
+    weight_dice: float = 1.0,
+) -> nn.Module:
+    if not regions:
+        raise ConfigError("loss 'dice_bce' is for datasets with regions (dataset.json labels with lists of values)")
+    return RegionDiceBCELoss(regions, batch_dice, weight_bce, weight_dice, ignore_label)
+
+
 losses.register(
     "dice", lambda num_classes, batch_dice, ignore_label=None: SoftDiceLoss(batch_dice, ignore_label=ignore_label)
 )
@@ -125,9 +200,15 @@ def build_loss(
     batch_dice: bool,
     ignore_label: int | None = None,
     kwargs: Mapping[str, Any] | None = None,
+    regions: Sequence[Sequence[int]] | None = None,
 ) -> nn.Module:
     """The registered loss `name` (unknown name: ConfigError listing the known ones), given `kwargs`
-    (TrainConfig.loss_kwargs, checked against the builder's signature, e.g. "dice_ce": weight_ce, weight_dice)."""
+    (TrainConfig.loss_kwargs, checked against the builder's signature, e.g. "dice_ce": weight_ce, weight_dice).
+
+    With `regions` (a dataset with regions) "dice_ce" means "dice_bce" and the builder gets ``regions=``."""
+    if regions:
+        name = "dice_bce" if name == "dice_ce" else name
+        kwargs = {**(kwargs or {}), "regions": tuple(tuple(r) for r in regions)}
     return losses.create(name, num_classes, batch_dice, ignore_label, kwargs=kwargs)
 
 

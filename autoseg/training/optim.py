@@ -35,6 +35,14 @@ def poly_lr(base_lr: float, epoch: int, epochs: int, exponent: float = 0.9) -> f
     return base_lr * max(0.0, 1.0 - epoch / epochs) ** exponent
 
 
+def scheduled_lr(base_lr: float, epoch: int, epochs: int, exponent: float = 0.9, warmup_epochs: int = 0) -> float:
+    """Linear warm-up, lr = base * (epoch + 1) / (warmup_epochs + 1) for the first `warmup_epochs` epochs, then
+    the poly schedule over the remaining epochs (base at the first of them, 0 at the end)."""
+    if epoch < warmup_epochs:
+        return base_lr * (epoch + 1) / (warmup_epochs + 1)
+    return poly_lr(base_lr, epoch - warmup_epochs, epochs - warmup_epochs, exponent)
+
+
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr

@@ -2,7 +2,10 @@
 
 Cases are drawn with replacement. Sample j of a batch of size B is forced to contain foreground iff
 ``j >= round(B * (1 - p))``; a forced patch is centred on a random stored location of a random label present in the
-case (a case without foreground gives a random patch). Crops reaching outside the case are padded: image 0, labels -1.
+case (a case without foreground gives a random patch). `classes` narrows and groups what "foreground" means: each class
+is a tuple of label values (a region, or one label) and a forced patch picks a present class, then a stored
+location of any of its values; the ignore label is left out of the classes, so no patch is ever centred on it.
+Crops reaching outside the case are padded: image 0, labels -1.
 A configuration with 2 patch axes on 3D-stored data (C, Z, Y, X) samples one slice along axis 0 (a forced patch takes
 the slice of the chosen foreground voxel).
 """
@@ -136,26 +139,30 @@ class PatchSampler:
         oversample: float,
         patch_size: Sequence[int] | None = None,
         prev_stage: str | Path | None = None,
+        classes: Sequence[Sequence[int]] | None = None,
     ):
         """`size`: the crop; `patch_size`: the final patch cut from its middle later (default: `size`);
-        `prev_stage`: a cascade's folder of previous-stage maps (`<case>.npy`), cropped as a second seg channel."""
+        `prev_stage`: a cascade's folder of previous-stage maps (`<case>.npy`), cropped as a second seg channel;
+        `classes`: label-value groups to oversample (default: every stored label > 0 on its own)."""
         self.reader = CaseReader(folder, case_ids, prev_stage=prev_stage)
+        self.classes = None if classes is None else tuple(tuple(int(v) for v in c) for c in classes)
         self.size = tuple(int(s) for s in size)
         self.margin = tuple(a - int(b) for a, b in zip(self.size, patch_size or size))
         self.oversample = float(oversample)
 
-    def sample(self, rng: np.random.Generator, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    def sample(self, rng: np.random.Generator, batch_size: int, empty=np.empty) -> tuple[np.ndarray, np.ndarray]:
         """-> data (B, C, *size) float32 and seg (B, 1, *size) int8, int16 above 127 labels (-1 = outside the case).
 
         With `prev_stage`, seg is (B, 2, *size): channel 1 is the previous stage's map at the same window (0 outside).
+        `empty(shape, dtype)` gives the two output arrays (e.g. reused shared-memory buffers); every voxel is written.
         """
         data = seg = None
         n_seg = 1 if self.reader.prev_stage is None else 2
         for j, forced in enumerate(forced_foreground(batch_size, self.oversample)):
             case, prev = self.reader.open(self.reader.case_ids[rng.integers(len(self.reader.case_ids))])
             if data is None:
-                data = np.empty((batch_size, case.data.shape[0], *self.size), dtype=np.float32)
-                seg = np.empty((batch_size, n_seg, *self.size), dtype=self._seg_dtype(case))
+                data = empty((batch_size, case.data.shape[0], *self.size), np.float32)
+                seg = empty((batch_size, n_seg, *self.size), self._seg_dtype(case))
             img, lab, corner, z = self._locate(case, forced, rng)
             crop_padded(img, corner, self.size, 0, data[j])
             crop_padded(lab, corner, self.size, -1, seg[j, :1])
@@ -170,7 +177,7 @@ class PatchSampler:
 
     def _locate(self, case: storage.PreprocessedCase, forced: bool, rng: np.random.Generator):
         """-> (image view, label view, lower corner, slice index or None) with views having len(size) spatial axes."""
-        voxel = _foreground_voxel(case.class_locations, rng) if forced else None
+        voxel = _foreground_voxel(case.class_locations, rng, self.classes) if forced else None
         img, lab, z = case.data, case.seg, None
         if len(self.size) == 2 and img.ndim == 4:
             z = int(voxel[0]) if voxel is not None else int(rng.integers(img.shape[1]))
@@ -184,10 +191,17 @@ class PatchSampler:
         return img, lab, lower_corner(img.shape[1:], self.size, rng, voxel, self.margin), z
 
 
-def _foreground_voxel(locations: dict[int, np.ndarray], rng: np.random.Generator) -> np.ndarray | None:
-    """A random stored voxel (z, y, x) of a random present foreground label, or None if the case has none."""
-    present = sorted(k for k, v in locations.items() if k > 0 and len(v))
+def _foreground_voxel(
+    locations: dict[int, np.ndarray], rng: np.random.Generator, classes: Sequence[tuple[int, ...]] | None = None
+) -> np.ndarray | None:
+    """A random stored voxel (z, y, x) of a random present foreground class (default: each label > 0), or None if
+    the case has none. A class of several values (a region) draws from the union of their stored locations."""
+    if classes is None:
+        classes = [(k,) for k in sorted(locations) if k > 0]
+    present = [c for c in classes if any(v in locations and len(locations[v]) for v in c)]
     if not present:
         return None
-    locs = locations[present[rng.integers(len(present))]]
+    chosen = present[rng.integers(len(present))]
+    parts = [locations[v] for v in chosen if v in locations and len(locations[v])]
+    locs = parts[0] if len(parts) == 1 else np.concatenate(parts)
     return locs[rng.integers(len(locs))]

@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from autoseg.data.labels import class_key
+from autoseg.errors import ConfigError
 from autoseg.log import logger
 from autoseg.networks.build import build_network
 from autoseg.planning.plans import Plans
@@ -32,13 +34,15 @@ from autoseg.registry import Registry, imported_plugins
 from autoseg.serialization import load_json, remove_stale_temps
 from autoseg.training import distributed as D
 from autoseg.training import progress as P
+from autoseg.training import step_options as S
 from autoseg.training.checkpoint import capture_rng, restore_rng, save_checkpoint
 from autoseg.training.config import TrainConfig, save_train_config
 from autoseg.training.context import FoldContext, find_resume_state, fold_context, setup_runtime
 from autoseg.training.loader import default_num_workers, make_loaders
 from autoseg.training.loop import StepContext, train_epoch, val_epoch
 from autoseg.training.losses import DeepSupervisionLoss, build_loss, deep_supervision_weights
-from autoseg.training.optim import build_optimizer, poly_lr, set_lr
+from autoseg.training.optim import build_optimizer, scheduled_lr, set_lr
+from autoseg.training.pretrained import load_pretrained, set_encoder_frozen
 from autoseg.training.validation import validate_fold
 from autoseg.workspace import RunFolder, Workspace
 
@@ -61,7 +65,8 @@ class Trainer:
         self.fc, self.cfg, self.device = fc, cfg, device
         self.num_workers, self.deterministic = num_workers, deterministic
         self.dist = D.env_info()
-        self.amp = cfg.amp and device.type == "cuda"
+        self.amp_dtype = S.autocast_dtype(cfg.amp, cfg.amp_dtype, device)  # None: full precision
+        self.amp = self.amp_dtype is not None
 
     # ---- build_* hooks (override one in a subclass) ----------------------------------------------------------
     def build_network(self) -> torch.nn.Module:
@@ -70,7 +75,9 @@ class Trainer:
 
     def build_loss(self) -> torch.nn.Module:
         conf, cfg = self.fc.configuration, self.cfg
-        loss = build_loss(cfg.loss, self.fc.num_classes, conf.batch_dice, kwargs=cfg.loss_kwargs)
+        scheme = self.fc.scheme
+        ignore, regions = (scheme.ignore_label, scheme.regions) if scheme is not None else (None, ())
+        loss = build_loss(cfg.loss, self.fc.num_classes, conf.batch_dice, ignore, cfg.loss_kwargs, regions)
         if not self.cfg.deep_supervision:
             return loss
         n_outputs = len(self.fc.configuration.network.params["strides"]) - 1
@@ -84,7 +91,8 @@ class Trainer:
         return build_optimizer(model, self.cfg)
 
     def lr_at(self, epoch: int) -> float:
-        return poly_lr(self.cfg.lr, epoch, self.cfg.epochs, self.cfg.poly_exponent)
+        cfg = self.cfg
+        return scheduled_lr(cfg.lr, epoch, cfg.epochs, cfg.poly_exponent, cfg.warmup_epochs)
 
     def build_loaders(self, start_batches: tuple[int, int] = (0, 0)):
         """(train, val) batch iterators of this rank, seeded by (seed, fold, rank) and started at `start_batches`."""
@@ -108,7 +116,22 @@ class Trainer:
             prev_stage=self.fc.prev_stage_folder,
             prev_stage_labels=self.fc.foreground_labels,
             device=self.device,
+            oversample_classes=self.oversample_classes(),
         )
+
+    def oversample_classes(self) -> tuple[tuple[int, ...], ...] | None:
+        """What foreground oversampling centres on: the regions, or the labels without the ignore label."""
+        scheme = self.fc.scheme
+        if scheme is None:
+            return None
+        return tuple(c if isinstance(c, tuple) else (c,) for c in scheme.classes)
+
+    def dice_keys(self) -> tuple:
+        """Names of the pseudo-Dice columns: the foreground labels, or the regions as "1,2"."""
+        scheme = self.fc.scheme
+        if scheme is None or not scheme.has_regions:
+            return self.fc.foreground_labels
+        return tuple(class_key(r) for r in scheme.regions)
 
     def on_epoch_end(self, epoch: int, record: P.EpochRecord) -> None:
         """Hook called after the epoch's checkpoint is written (subclasses may log, stop, ...)."""
@@ -118,12 +141,14 @@ class Trainer:
         torch.manual_seed(self.cfg.seed)
         np.random.seed(self.cfg.seed % 2**32)
         random.seed(self.cfg.seed)  # batchgenerators' noise transforms draw from Python's `random`
-        net = self.build_network().to(self.device)
+        S.set_cudnn_benchmark(self.cfg.cudnn_benchmark, self.device, self.deterministic)
+        self.memory_format = S.memory_format(self.cfg.channels_last, len(self.fc.configuration.patch_size))
+        net = self.build_network().to(self.device, memory_format=self.memory_format)
         self.model = D.wrap_model(net, self.dist, self.device)
         self.optimizer = self.build_optimizer(self.model)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.scaler = S.grad_scaler(self.amp_dtype, self.device)
         self.ctx = StepContext(
-            self.model,
+            S.compiled(self.model, self.cfg.compile),  # the same weights; checkpoints and validation use self.model
             self.build_loss(),
             self.optimizer,
             self.scaler,
@@ -132,6 +157,10 @@ class Trainer:
             self.cfg.grad_clip,
             self.fc.num_classes,
             self.dist,
+            self.fc.scheme.regions if self.fc.scheme is not None else (),
+            self.fc.scheme.ignore_label if self.fc.scheme is not None else None,
+            amp_dtype=self.amp_dtype or torch.float16,
+            memory_format=self.memory_format,
         )
         self.start_epoch, self.best_ema, self.ema = 0, None, None
         self.curves = P.empty_curves()
@@ -169,10 +198,14 @@ class Trainer:
 
     # ---- run -------------------------------------------------------------------------------------------------
     def run(self, resume_from: dict | None = None) -> FoldResult:
+        if self.cfg.freeze_encoder_epochs and self.dist.enabled:  # DDP's reducer expects a gradient for every weight
+            raise ConfigError("freeze_encoder_epochs is not supported under torchrun (DDP); train on one process")
         self._setup()
         if resume_from is not None:
             self.load_state(resume_from)
             logger.info(f"resuming {self.fc.run_dir} at epoch {self.start_epoch} of {self.cfg.epochs}")
+        elif self.cfg.pretrained:
+            self.init_from_pretrained()
         if self.dist.is_main:
             save_train_config(self.fc.run.train_config, self.cfg)
             self.fc.plans.with_plugins(imported_plugins()).save(self.fc.run.plans)  # predict imports them again
@@ -184,7 +217,20 @@ class Trainer:
             _close(loaders)
         return self._finish()
 
+    def init_from_pretrained(self) -> None:
+        """Initialise the network from `cfg.pretrained` (fine-tuning) and log what was loaded, adapted, re-set."""
+        conf = self.fc.configuration
+        net = D.unwrap(self.model)
+        report = load_pretrained(net, self.cfg.pretrained, conf.name, self.fc.num_classes, conf.network.name)
+        for line in report.lines():
+            logger.info(line)
+
     def _epoch(self, epoch: int, loaders) -> None:
+        if self.cfg.freeze_encoder_epochs:
+            frozen = epoch < self.cfg.freeze_encoder_epochs
+            set_encoder_frozen(D.unwrap(self.model), frozen)
+            if epoch in (0, self.cfg.freeze_encoder_epochs) or epoch == self.start_epoch:
+                logger.info(f"epoch {epoch}: encoder {'frozen' if frozen else 'trained'}")
         lr = self.lr_at(epoch)
         set_lr(self.optimizer, lr)
         start = time.perf_counter()
@@ -207,8 +253,9 @@ class Trainer:
             save_checkpoint(run.latest, state)
             if improved:
                 save_checkpoint(run.best, state)
-            P.write_files(run, self.curves, self.fc.foreground_labels, self.fc.header)
-            logger.info(P.format_line(rec, self.fc.foreground_labels))
+            keys = self.dice_keys()
+            P.write_files(run, self.curves, keys, self.fc.header)
+            logger.info(P.format_line(rec, keys))
         self.on_epoch_end(epoch, rec)
 
     def _finish(self) -> FoldResult:

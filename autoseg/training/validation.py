@@ -32,6 +32,7 @@ def fold_predictor(model: torch.nn.Module, fc: FoldContext, cfg: TrainConfig, de
     source = ModelSource(
         fc.dataset, fc.plans, described.labels, described.channel_names, described.file_ending,
         {fc.configuration.name: {fc.fold: fc.run.final}}, None, fc.run_dir,
+        regions_class_order=described.regions_class_order,
     )  # fmt: skip
     return Predictor(source, fc.configuration.name, [fc.fold], device, cfg.val_step, cfg.val_tta, models=[model])
 
@@ -44,6 +45,7 @@ def validate_fold(model: torch.nn.Module, fc: FoldContext, cfg: TrainConfig, dev
     model.deep_supervision = False
     model.eval()
     predictor = fold_predictor(model, fc, cfg, device)
+    scheme = predictor.source.scheme
     try:
         with torch.no_grad():
             for cid in progress(fc.val_ids, desc=f"validation fold {fc.fold}", unit="case"):
@@ -53,11 +55,14 @@ def validate_fold(model: torch.nn.Module, fc: FoldContext, cfg: TrainConfig, dev
                     data = with_prev_stage(data, fc.prev_stage_folder, cid, fc.foreground_labels)
                 output = predictor.preprocessed_output(data, case.properties)
                 npz = out_dir / f"{cid}.npz" if cfg.save_probabilities else None
-                export_case(ExportJob(cid, [output], case.properties.geometry, out_dir / f"{cid}{fc.file_ending}", npz))
+                target = out_dir / f"{cid}{fc.file_ending}"
+                export_case(ExportJob(cid, [output], case.properties.geometry, target, npz, scheme=scheme))
     finally:
         model.deep_supervision = was_ds
     gt = fc.ws.gt_folder(fc.dataset)
-    df, summary = evaluate_folder(gt, out_dir, fc.foreground_labels, fc.file_ending, jobs=1, case_ids=list(fc.val_ids))
+    df, summary = evaluate_folder(
+        gt, out_dir, scheme.classes, fc.file_ending, jobs=1, case_ids=list(fc.val_ids), ignore_label=scheme.ignore_label
+    )
     save_evaluation(df, summary, out_dir)  # metrics_per_case.csv and summary.json
     logger.info(f"fold {fc.fold} validation: {len(fc.val_ids)} cases, mean Dice {summary['mean_dice']:.4f}")
     return summary

@@ -300,3 +300,15 @@ def test_a_broken_file_in_the_demo_dataset_stops_verification(capsys, tmp_path):
     assert "autoseg demo: error: stage 'verify, fingerprint, plan, preprocess' failed:" in err
     assert "case_002.nii.gz" in err
     assert not (ws.results / DEMO_DATASET).exists()
+
+
+def test_augmentation_pipeline_is_chosen_checked_and_recorded(capsys, tmp_path, stub_stages):
+    with pytest.raises(ConfigError, match=r"augmentation 'bg' is not registered; known: .*batchgenerators"):
+        DemoSettings(augmentation="bg")
+    code, err = run(capsys, tmp_path / "ws", "--fast", "--augmentation", "batchgenerators")
+    assert code == 0, err
+    assert stub_stages["train"]["overrides"]["augmentation"] == "batchgenerators"
+    recorded = json.loads((Workspace.at(tmp_path / "ws").raw / DEMO_DATASET / SETTINGS_FILE).read_text())
+    assert recorded["augmentation"] == "batchgenerators"
+    code, err = run(capsys, tmp_path / "ws", "--fast")  # the default pipeline's model is not the one trained here
+    assert code == 1 and "augmentation" in err

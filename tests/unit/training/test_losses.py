@@ -154,5 +154,5 @@ def test_deep_supervision_loss_with_one_output():
 
 def test_registry_names_and_unknown_loss_error():
     assert {"dice_ce", "dice", "ce"} <= set(losses.names())
-    with pytest.raises(ConfigError, match="unknown loss 'dice_cee'.*Known: .*ce, dice, dice_ce"):
+    with pytest.raises(ConfigError, match="unknown loss 'dice_cee'.*Known: .*ce, dice, dice_bce, dice_ce"):
         build_loss("dice_cee", 3, False)

@@ -47,7 +47,7 @@ def test_fold_validation_and_predict_give_identical_probabilities_and_segmentati
         shutil.copy(raw / "imagesTr" / f"{cid}_0000.nii.gz", inp)
     out = tmp_path / "out"
     run_predict(ws, inp, out, dataset=NAME, configuration="3d_fullres", folds=[0], save_probabilities=True,
-                device="cpu", postprocess=False)  # fmt: skip
+                device="cpu", postprocess=False, backend="torch")  # fmt: skip  # the backend the validation uses
     for cid in val_ids:
         seg_val, geo_val = read_label(validation / f"{cid}.nii.gz")
         seg_pred, geo_pred = read_label(out / f"{cid}.nii.gz")
