@@ -95,7 +95,7 @@ def export_case(job: ExportJob) -> ExportResult:
 
 
 def _export(job: ExportJob) -> tuple[Path, list]:
-    if job.npz is None and job.scheme is None:  # only labels wanted: one class at a time, the same labels
+    if job.npz is None and (job.scheme is None or not job.scheme.has_regions):  # labels only: a class at a time
         return _write(job, apply_postprocessing(restored_argmax(job.members), job.postprocessing))
     probs = None
     for member in job.members:  # one member's raw-grid probabilities at a time (summed in member order)
@@ -197,7 +197,10 @@ def export_workers(requested: int, cases, predictors, available: float | None = 
     requested = min(max(1, int(requested)), len(cases))
     if requested <= 1:
         return 1
-    found = largest_case([case.files for case in cases])
+    found = largest_case([case.files for case in cases if case.series is None])
+    for case in cases:  # DICOM series: the size from the scanned headers (one channel)
+        if case.series is not None and (found is None or np.prod(case.series.shape) > np.prod(found[0])):
+            found = (tuple(case.series.shape), 1, case.series.geometry)
     if found is None:
         return requested  # reported with its name when the case is read
     shape, channels, geometry = found

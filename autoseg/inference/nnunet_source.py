@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from autoseg.errors import ConfigError, PlansError
-from autoseg.inference.source import ModelSource
+from autoseg.inference.source import ModelSource, fold_key
 from autoseg.networks.nnunet_checkpoint import check_mirror_axes, read_checkpoint
 from autoseg.planning.nnunet_plans import channels_from_nnunet, labels_from_nnunet, plans_from_nnunet
 from autoseg.serialization import load_json
@@ -61,11 +61,6 @@ def _json(path: Path) -> dict:
     return data
 
 
-def _fold_key(name: str) -> int | str:
-    key = name.split("_", 1)[1]
-    return int(key) if key.isdigit() else key
-
-
 def _configuration_name(folder: Path, plans: dict) -> str:
     parts = folder.name.split("__")
     if len(parts) == 3 and parts[2] in plans.get("configurations", {}):
@@ -80,7 +75,7 @@ def _configuration_name(folder: Path, plans: dict) -> str:
 
 
 def _folds(folder: Path, folds: Sequence[int | str] | None, checkpoint: str) -> dict[int | str, Path]:
-    found = {_fold_key(d.name): d / checkpoint for d in sorted(folder.glob("fold_*")) if (d / checkpoint).is_file()}
+    found = {fold_key(d): d / checkpoint for d in sorted(folder.glob("fold_*")) if (d / checkpoint).is_file()}
     if folds is None:
         if not found:
             raise ConfigError(f"{folder}: no fold_<k>/{checkpoint}; choose another file with --checkpoint")

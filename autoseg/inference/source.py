@@ -81,7 +81,8 @@ class BundleInfo:
 
 
 # ---- run folders of a workspace --------------------------------------------------------------------------------
-def _fold_key(folder: Path) -> int | str:
+def fold_key(folder: Path) -> int | str:
+    """`fold_3` -> 3, `fold_all` -> 'all'."""
     key = folder.name.split("_", 1)[1]
     return int(key) if key.isdigit() else key
 
@@ -98,10 +99,10 @@ def source_from_workspace(
     weights = {}
     for conf in plans.configurations:
         root = ws.run_dir(name, plans.name, conf.name, trainer, 0).parent
-        folds = sorted((RunFolder(d).final for d in root.glob("fold_*")), key=lambda p: str(_fold_key(p.parent)))
+        folds = sorted((RunFolder(d).final for d in root.glob("fold_*")), key=lambda p: str(fold_key(p.parent)))
         folds = [p for p in folds if p.is_file()]
         if folds:
-            weights[conf.name] = {_fold_key(p.parent): p for p in folds}
+            weights[conf.name] = {fold_key(p.parent): p for p in folds}
     selection = None
     if ws.selection_file(name).is_file():
         sel = Selection.load(ws.selection_file(name))

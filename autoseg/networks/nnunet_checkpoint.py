@@ -25,7 +25,7 @@ import torch
 from autoseg.errors import ConfigError
 from autoseg.networks.nnunet import map_state_dict
 
-_SCALAR = np._core.multiarray.scalar  # the reconstructor numpy scalars pickle with
+_SCALAR = (getattr(np, "_core", None) or np.core).multiarray.scalar  # what numpy scalars pickle with (numpy 2 / 1.x)
 # (object, the name a pickle refers to it by): numpy 2 writes numpy._core..., numpy 1.x wrote numpy.core...
 NUMPY_SCALAR_GLOBALS: tuple = (
     (_SCALAR, "numpy._core.multiarray.scalar"),

@@ -106,7 +106,12 @@ class DiceCELoss(nn.Module):
 def region_masks(target: torch.Tensor, regions: Sequence[Sequence[int]]) -> torch.Tensor:
     """int target (B, 1, *S) -> bool (B, R, *S): voxel in region r iff its label is one of the region's values."""
     flat = target[:, 0]
-    masks = [torch.isin(flat, torch.tensor(list(r), dtype=flat.dtype, device=flat.device)) for r in regions]
+    masks = []
+    for r in regions:  # comparisons with Python ints: no host-to-device copy (a sync on CUDA) per step
+        m = flat == r[0]
+        for v in r[1:]:
+            m |= flat == v
+        masks.append(m)
     return torch.stack(masks, 1)
 
 

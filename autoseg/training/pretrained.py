@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from autoseg.errors import ConfigError
-from autoseg.inference.source import BUNDLE_FILE, load_bundle
+from autoseg.inference.source import BUNDLE_FILE, fold_key, load_bundle
 from autoseg.networks.weights import load_weights
 from autoseg.workspace import RunFolder
 
@@ -77,7 +77,8 @@ def resolve_pretrained(path: str | Path, configuration: str) -> Path:
         return by_fold[min(by_fold, key=_fold_sort_key)]
     if RunFolder(p).final.is_file():
         return RunFolder(p).final
-    finished = sorted((d for d in p.glob("fold_*") if RunFolder(d).final.is_file()), key=lambda d: d.name)
+    finished = [d for d in p.glob("fold_*") if RunFolder(d).final.is_file()]
+    finished.sort(key=lambda d: _fold_sort_key(fold_key(d)))  # fold_all, then fold_0, fold_1, ..., fold_10
     if finished:
         return RunFolder(finished[0]).final
     raise ConfigError(f"{p}: no checkpoint_final.pt, no finished fold_* and no {BUNDLE_FILE}; {HINT}")

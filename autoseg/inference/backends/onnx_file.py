@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import tempfile
 import warnings
 from collections.abc import Sequence
@@ -25,7 +26,18 @@ from autoseg.serialization import atomic_target
 
 OPSET = 17
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
-CACHE_FALLBACK = Path(tempfile.gettempdir()) / "autoseg-onnx-cache"
+CACHE_FALLBACK = Path(tempfile.gettempdir()) / f"autoseg-onnx-cache-{os.getuid() if hasattr(os, 'getuid') else 0}"
+
+
+def _private(folder: Path) -> bool:
+    """Whether `folder` is (now) this user's own, closed to others: a file found in a shared temporary folder is
+    never trusted, since another user could have put it there."""
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = folder.stat()
+    except OSError:
+        return False
+    return not hasattr(os, "getuid") or (st.st_uid == os.getuid() and st.st_mode & 0o077 == 0)
 
 
 class FullResolution(nn.Module):
@@ -88,7 +100,10 @@ def cached_onnx(
     spec = {"in_channels": int(in_channels), "patch": [int(p) for p in patch], "dtype": "float32", "net": network_spec}
     key = cache_key(file_sha256(checkpoint), backend, version, spec)
     name = f"{checkpoint.stem}.{backend}.{key}.onnx"
+    last: OSError | None = None
     for folder in (checkpoint.parent, CACHE_FALLBACK):
+        if folder == CACHE_FALLBACK and not _private(folder):
+            continue
         target = folder / name
         if target.is_file():
             return target, False
@@ -96,9 +111,12 @@ def cached_onnx(
             export_onnx(net, in_channels, patch, target)
         except OSError as exc:
             logger.debug(f"{target}: cannot write the ONNX cache ({exc}); trying {CACHE_FALLBACK}")
+            last = exc
             continue
         for old in folder.glob(f"{checkpoint.stem}.{backend}.*.onnx"):
             if old != target:
                 old.unlink(missing_ok=True)
         return target, True
-    raise OSError(f"{checkpoint}: no writable folder for the ONNX export (tried {checkpoint.parent}, {CACHE_FALLBACK})")
+    raise OSError(
+        f"{checkpoint}: no writable folder for the ONNX export (tried {checkpoint.parent}, {CACHE_FALLBACK})"
+    ) from last
