@@ -55,7 +55,7 @@ class ExportJob:
     npz: Path | None = None  # probabilities file (--save-probabilities)
     postprocessing: Sequence[Sequence[int]] = ()
     image: np.ndarray | None = None  # (C, Z, Y, X) input intensities: statistics rows are computed when given
-    label_names: dict = field(default_factory=dict)  # dataset.json's labels {name: value}
+    label_names: dict = field(default_factory=dict)  # {value: name} of the written label map (scheme.written_names)
     channel_names: Sequence[str] | None = None
     parent_pid: int | None = None  # set for a pool worker: the predict process, which must still be alive
     # writes the label map instead of `write_label`: (target, labels, geometry) -> path (e.g. a DICOM-SEG writer)

@@ -50,6 +50,9 @@ def tile_positions(image_shape: Sequence[int], patch_size: Sequence[int], step: 
     return positions
 
 
+SIGMA_SCALE = 1.0 / 8  # Gaussian tile weight: sigma = patch * SIGMA_SCALE
+
+
 @lru_cache(maxsize=16)
 def _gaussian_np(patch_size: tuple[int, ...], sigma_scale: float) -> np.ndarray:
     axes = []
@@ -65,7 +68,7 @@ def _gaussian_np(patch_size: tuple[int, ...], sigma_scale: float) -> np.ndarray:
 
 def gaussian_importance(
     patch_size: Sequence[int],
-    sigma_scale: float = 1.0 / 8,
+    sigma_scale: float = SIGMA_SCALE,
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:

@@ -91,7 +91,7 @@ def confusion(
     voxels whose target is `ignore_label` are not counted."""
     logits = output[0] if isinstance(output, (list, tuple)) else output
     ref = target[:, 0]
-    valid = ref != ignore_label if ignore_label is not None else torch.ones_like(ref, dtype=torch.bool)
+    valid = ref != ignore_label if ignore_label is not None else None  # None: every voxel counts
     if regions:
         masks = region_masks(target, regions)
         pairs = [(logits[:, i] > 0, masks[:, i]) for i in range(len(regions))]
@@ -100,7 +100,8 @@ def confusion(
         pairs = [(pred == lab, ref == lab) for lab in range(1, num_classes)]
     rows = []
     for p, r in pairs:
-        p, r = p & valid, r & valid
+        if valid is not None:
+            p, r = p & valid, r & valid
         rows.append(torch.stack([(p & r).sum(), (p & ~r).sum(), (~p & r).sum()]))
     return torch.stack(rows, 1).double() if rows else torch.zeros(3, 0, dtype=torch.float64)
 

@@ -270,7 +270,7 @@ def order_slices(slices: list[DicomSlice], label: str) -> tuple[list[DicomSlice]
         def where(i: int) -> str:
             return f"{_slice_name(ordered[i])} and {_slice_name(ordered[i + 1])}"
 
-        if (i := int(np.argmin(gaps))) >= 0 and gaps[i] < 1e-3:
+        if gaps[i := int(np.argmin(gaps))] < 1e-3:
             raise ImageIOError(
                 f"{label}: two slices at the same position {along[i]:.3f} mm along the normal ({where(i)}); a series "
                 "must be one stack (several acquisitions or time points in one series are not supported)"

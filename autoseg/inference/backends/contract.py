@@ -12,13 +12,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from autoseg.inference.backends.onnx_file import INPUT_NAME, OPSET, OUTPUT_NAME
+from autoseg.inference.sliding_window import SIGMA_SCALE
 from autoseg.planning.plans import Plans
 from autoseg.preprocessing.normalize import resolve_scheme
 from autoseg.serialization import to_json
 
 CONTRACT_FILE = "onnx.json"
 CONTRACT_VERSION = 1
-SIGMA_SCALE = 1.0 / 8  # sliding_window.gaussian_importance's default
 
 
 def onnx_file(configuration: str, fold) -> str:
