@@ -27,7 +27,8 @@ class _StderrHandler(logging.StreamHandler):
 def setup_console(verbose: bool = False) -> None:
     handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))
-    logger.handlers[:] = [handler]
+    # replace an earlier console handler, keep handlers others attached (an embedding app's, a test's capture)
+    logger.handlers[:] = [h for h in logger.handlers if not isinstance(h, _StderrHandler)] + [handler]
     logger.setLevel(logging.DEBUG if verbose else logging.INFO)
     logger.propagate = False
 

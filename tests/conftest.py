@@ -59,14 +59,28 @@ def hippocampus_subset(workspace: Workspace):
     return make
 
 
-@pytest.fixture
-def autoseg_log(caplog):
-    """caplog that sees autoseg's log records (INFO and up; the autoseg logger does not propagate by default)."""
+@pytest.fixture(autouse=True)
+def _autoseg_logger_state():
+    """Every test ends with the autoseg logger's handlers, level and propagation as they were at its start, so an
+    in-process CLI call (which attaches a console handler and stops propagation) cannot change a later test."""
     import logging
 
     log = logging.getLogger("autoseg")
-    old = log.propagate
-    log.propagate = True
+    handlers, level, propagate = list(log.handlers), log.level, log.propagate
+    yield
+    log.handlers[:], log.level, log.propagate = handlers, level, propagate
+
+
+@pytest.fixture
+def autoseg_log(caplog):
+    """caplog that sees autoseg's log records at INFO and up: its handler sits on the autoseg logger itself (which
+    does not propagate while the test runs), so neither a console handler set up earlier nor one set up by the code
+    under test (which stops propagation) can hide a record from it."""
+    import logging
+
+    log = logging.getLogger("autoseg")
+    log.addHandler(caplog.handler)
+    log.propagate = False
     caplog.set_level(logging.INFO, logger="autoseg")
     yield caplog
-    log.propagate = old
+    log.removeHandler(caplog.handler)

@@ -33,13 +33,13 @@ def blobs(shape, values=(1, 3)) -> np.ndarray:
     return out
 
 
-def test_seg_leaves_empty_labels_out_and_reads_back_voxel_for_voxel(tmp_path, caplog):
+def test_seg_leaves_empty_labels_out_and_reads_back_voxel_for_voxel(tmp_path, autoseg_log):
     write_series(tmp_path / "s", known_volume((4, 9, 7)), GEO, reverse=True)
     series = scan_dicom(tmp_path / "s").series[0]
     labels = blobs(series.shape)
-    with caplog.at_level(logging.INFO, logger="autoseg"):
+    with autoseg_log.at_level(logging.INFO, logger="autoseg"):
         path = write_dicom_seg(tmp_path / "out" / "s.dcm", labels, GEO, series=series, names=NAMES)
-    assert "label(s) without a voxel left out of the DICOM-SEG: tumour" in caplog.text
+    assert "label(s) without a voxel left out of the DICOM-SEG: tumour" in autoseg_log.text
     seg = hd.seg.segread(path)
     assert [seg.get_segment_description(n).segment_label for n in seg.get_segment_numbers()] == ["liver", "cyst"]
     assert seg.SegmentSequence[0].SegmentAlgorithmType == "AUTOMATIC"

@@ -78,7 +78,7 @@ def test_two_series_in_one_folder_are_two_cases(tmp_path):
     assert_same(scan.series[1], vol_b, geo_b)
 
 
-def test_localizer_images_are_skipped(tmp_path, caplog):
+def test_localizer_images_are_skipped(tmp_path, autoseg_log):
     vol = known_volume((4, 6, 6))
     write_series(tmp_path, vol, geometry())
     scouts = write_series(tmp_path, known_volume((3, 6, 6)), geometry(), prefix="scout", series_number=1)
@@ -87,10 +87,10 @@ def test_localizer_images_are_skipped(tmp_path, caplog):
         ds.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
         ds.ImageOrientationPatient = [[1, 0, 0, 0, 1, 0], [1, 0, 0, 0, 0, -1], [0, 1, 0, 0, 0, -1]][k]
         ds.save_as(path)
-    with caplog.at_level(logging.INFO, logger="autoseg"):
+    with autoseg_log.at_level(logging.INFO, logger="autoseg"):
         scan = scan_dicom(tmp_path)
     assert scan.problems == () and [s.shape for s in scan.series] == [(4, 6, 6)]
-    assert "3 localizer image(s) skipped (ImageType LOCALIZER)" in caplog.text
+    assert "3 localizer image(s) skipped (ImageType LOCALIZER)" in autoseg_log.text
 
 
 def test_multiframe_enhanced_image_reads_like_its_single_frame_source(tmp_path):

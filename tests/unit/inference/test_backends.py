@@ -52,17 +52,17 @@ def test_backend_logits_agree_with_torch_within_1e3_with_mirroring_and_batches(b
     assert float(ref.abs().max()) > 0.1  # the comparison is not between near-zero outputs
 
 
-def test_export_is_cached_beside_the_checkpoint_and_keyed_by_its_hash(tmp_path, caplog):
+def test_export_is_cached_beside_the_checkpoint_and_keyed_by_its_hash(tmp_path, autoseg_log):
     cfg, net, ckpt = _net_and_checkpoint(tmp_path)
-    caplog.set_level(logging.INFO, logger="autoseg")
+    autoseg_log.set_level(logging.INFO, logger="autoseg")
     backend_networks([net], [ckpt], 1, cfg.patch_size, "onnxruntime", cfg.network)
     (first,) = ckpt.parent.glob("checkpoint_final.onnxruntime.*.onnx")
     note = f"onnxruntime {ort.__version__}: fold_0/checkpoint_final.pt exported once, cached as {first.name}"
-    assert note in caplog.text
+    assert note in autoseg_log.text
     stamp = first.stat().st_mtime_ns
-    caplog.clear()
+    autoseg_log.clear()
     backend_networks([net], [ckpt], 1, cfg.patch_size, "onnxruntime", cfg.network)
-    assert first.stat().st_mtime_ns == stamp and "exported" not in caplog.text  # reused, not re-exported
+    assert first.stat().st_mtime_ns == stamp and "exported" not in autoseg_log.text  # reused, not re-exported
     assert not [p for p in ckpt.parent.iterdir() if p.name.endswith(".tmp")]
     # another patch (spec) or retrained weights (hash) make a new file and remove the stale one
     _, net2, _ = _net_and_checkpoint(tmp_path, seed=5)
@@ -74,13 +74,13 @@ def test_export_is_cached_beside_the_checkpoint_and_keyed_by_its_hash(tmp_path, 
         np.testing.assert_allclose(runner(x).numpy(), net2(x)[0].numpy(), atol=1e-3)
 
 
-def test_missing_backend_falls_back_to_torch_with_a_one_line_note(tmp_path, monkeypatch, caplog):
+def test_missing_backend_falls_back_to_torch_with_a_one_line_note(tmp_path, monkeypatch, autoseg_log):
     cfg, net, ckpt = _net_and_checkpoint(tmp_path)
     monkeypatch.setitem(choice.BACKENDS, "openvino", ("autoseg.inference.backends.not_installed_xyz", "openvino"))
-    with caplog.at_level(logging.WARNING, logger="autoseg"):
+    with autoseg_log.at_level(logging.WARNING, logger="autoseg"):
         (runner,) = backend_networks([net], [ckpt], 1, cfg.patch_size, "openvino", cfg.network)
     assert runner is net
-    notes = [r.getMessage() for r in caplog.records]
+    notes = [r.getMessage() for r in autoseg_log.records]
     assert len(notes) == 1 and "\n" not in notes[0]
     assert notes[0].startswith("backend openvino is not installed") and "using torch" in notes[0]
     assert "autoseg[cpu-fast]" in notes[0]
@@ -95,7 +95,7 @@ def _fake_backend(monkeypatch, name, build):
     return module
 
 
-def test_backend_that_refuses_or_disagrees_falls_back_and_leaves_no_trusted_file(tmp_path, monkeypatch, caplog):
+def test_backend_that_refuses_or_disagrees_falls_back_and_leaves_no_trusted_file(tmp_path, monkeypatch, autoseg_log):
     cfg, net, ckpt = _net_and_checkpoint(tmp_path)
 
     def refuse(path, threads):
@@ -107,10 +107,10 @@ def test_backend_that_refuses_or_disagrees_falls_back_and_leaves_no_trusted_file
 
     _fake_backend(monkeypatch, "refusing", refuse)
     _fake_backend(monkeypatch, "wrong", lambda path, threads: Off())
-    with caplog.at_level(logging.WARNING, logger="autoseg"):
+    with autoseg_log.at_level(logging.WARNING, logger="autoseg"):
         assert backend_networks([net], [ckpt], 1, cfg.patch_size, "refusing", cfg.network) == [net]
         assert backend_networks([net], [ckpt], 1, cfg.patch_size, "wrong", cfg.network) == [net]
-    first, second = (r.getMessage() for r in caplog.records)
+    first, second = (r.getMessage() for r in autoseg_log.records)
     assert first.startswith(f"backend refusing refused {ckpt} (RuntimeError: unsupported operator") and "torch" in first
     assert "logits differ from torch's by 1.00e-02 (more than 0.001)" in second
     assert not list(ckpt.parent.glob("*.wrong.*.onnx"))  # the file that failed the check is removed

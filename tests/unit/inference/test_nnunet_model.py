@@ -147,17 +147,17 @@ class Payload:
         return (open, (self.marker, "w"))
 
 
-def test_postprocessing_json_is_applied_and_the_pickle_never_loaded(tmp_path, cases, caplog):
+def test_postprocessing_json_is_applied_and_the_pickle_never_loaded(tmp_path, cases, autoseg_log):
     folder = write_model_folder(tmp_path / "m")
     run_predict_nnunet(cases, tmp_path / "plain", [folder], tta=False, device="cpu", backend="torch")
     marker = tmp_path / "payload_ran"
     cv = folder / "crossval_results_folds_0"
     cv.mkdir()
     (cv / "postprocessing.pkl").write_bytes(pickle.dumps(Payload(marker)))
-    with caplog.at_level(logging.WARNING, logger="autoseg"):
+    with autoseg_log.at_level(logging.WARNING, logger="autoseg"):
         run_predict_nnunet(cases, tmp_path / "pkl", [folder], tta=False, device="cpu", backend="torch")
     assert not marker.exists()
-    assert "postprocessing.pkl (crossval_results_folds_0) is never unpickled" in caplog.text
+    assert "postprocessing.pkl (crossval_results_folds_0) is never unpickled" in autoseg_log.text
     assert np.array_equal(_labels(tmp_path / "plain" / "a.nii.gz"), _labels(tmp_path / "pkl" / "a.nii.gz"))
     pp = {"postprocessing_fns": ["remove_all_but_largest_component_from_segmentation"] * 2,
           "postprocessing_kwargs": [{"labels_or_regions": [1, 2]}, {"labels_or_regions": 2}]}  # fmt: skip
