@@ -81,10 +81,11 @@ def main() -> None:
     ap.add_argument("--nnunet-results", default=None)
     ap.add_argument("--nnunet-dataset", default="4")
     ap.add_argument("--nnunet-fold", default="0")
+    ap.add_argument("--tta", choices=("on", "off", "both"), default="both", help="which TTA settings to time")
     args = ap.parse_args()
     out = Path(args.output)
     commands = {}
-    for tta in ("on", "off"):
+    for tta in ("on", "off") if args.tta == "both" else (args.tta,):
         for b in [*args.backends, *args.untimed]:
             cmd = ["autoseg", "predict", "--workspace", args.workspace, "-i", args.input, "-d", args.dataset, "-c",
                    args.configuration, "-f", args.fold, "--device", "cpu", "--backend", b]  # fmt: skip

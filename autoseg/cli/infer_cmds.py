@@ -25,6 +25,9 @@ the largest case would not fit memory; -j 1 does everything in one process, with
 --backend: on the CPU the network runs in OpenVINO (else ONNX Runtime) when installed (pip install
 "autoseg[cpu-fast]"), exported once per fold and cached beside its checkpoint; torch on a GPU or when neither is
 installed or the export fails (a one-line note says so). --backend torch forces torch.
+--precision: fp16 autocast on a GPU and fp32 on the CPU by default (nnU-Net's choices); --precision bf16 runs the
+convolutions in bfloat16 on the CPU (OpenVINO or torch), faster on CPUs with bf16 instructions at a small cost in
+agreement (docs/inference.md).
 --statistics also writes OUT/statistics.csv: one row per case and foreground label (names from the model's
 dataset.json) with the voxel count, the volume in ml (area in mm^2 for 2D images) and the mean intensity of every
 input channel inside the label; with --continue the skipped cases are read back, so the table covers every case.
@@ -143,6 +146,13 @@ def _add_predict(sub, common, fmt) -> None:
         help="what runs the network on the CPU (auto: OpenVINO, else ONNX Runtime when installed, else torch)",
     )
     p.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16", "fp16"),
+        default="auto",
+        help="precision of the network forward (auto: fp16 on a GPU, fp32 on the CPU; bf16: faster on CPUs with "
+        "bf16 instructions, probabilities within a few 1e-2)",
+    )
+    p.add_argument(
         "--output-type",
         choices=("default", "dicom-seg"),
         default="default",
@@ -188,7 +198,7 @@ def run_predict(args, ws: Workspace) -> int:
     opts = dict(dataset=args.dataset, configuration=args.configuration, folds=folds, ensemble=args.ensemble)
     opts.update(fast=args.fast, tta=not args.disable_tta, step=args.step, save_probabilities=args.save_probabilities)
     opts.update(device=args.device, part=args.part, resume=args.resume, model_dir=args.model, plans_name=args.plans)
-    opts.update(workers=args.workers, statistics=args.statistics, backend=args.backend)
+    opts.update(workers=args.workers, statistics=args.statistics, backend=args.backend, precision=args.precision)
     opts.update(force_modality=args.force_modality, output_type=args.output_type)
     written = predict(ws, args.input, args.output, trainer=args.trainer, postprocess=not args.no_postprocessing, **opts)
     print(f"{len(written)} segmentation(s) written to {args.output}")
@@ -210,7 +220,7 @@ def _predict_nnunet(args, folds) -> int:
         args.input, args.output, args.nnunet_model, folds=folds, checkpoint=args.checkpoint,
         tta=not args.disable_tta, step=args.step, fast=args.fast, save_probabilities=args.save_probabilities,
         device=args.device, part=args.part, resume=args.resume, postprocess=not args.no_postprocessing,
-        workers=args.workers, statistics=args.statistics, backend=args.backend,
+        workers=args.workers, statistics=args.statistics, backend=args.backend, precision=args.precision,
     )  # fmt: skip
     print(f"{len(written)} segmentation(s) written to {args.output}")
     return 0

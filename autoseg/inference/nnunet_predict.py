@@ -14,6 +14,7 @@ from pathlib import Path
 from autoseg.device import resolve_device
 from autoseg.errors import ConfigError
 from autoseg.inference.backends.choice import resolve_backend
+from autoseg.inference.backends.precision import resolve_precision
 from autoseg.inference.inputs import parse_part
 from autoseg.inference.nnunet_source import DEFAULT_CHECKPOINT, NnunetModel, load_nnunet_model, model_folders
 from autoseg.inference.predictor import Predictor, default_export_workers, predict_folder
@@ -53,6 +54,7 @@ def run_predict_nnunet(
     workers: int | None = None,
     statistics: bool = False,
     backend: str = "auto",
+    precision: str = "auto",
 ) -> list[Path]:
     """Predict every case of `inp` with the nnU-Net model folder(s)/zip(s) `models` -> written files.
 
@@ -73,11 +75,13 @@ def run_predict_nnunet(
         check_compatible(loaded)
         dev = resolve_device(device)
         backend = resolve_backend(backend, dev)
+        precision = resolve_precision(precision, dev, backend)
         predictors = []
         for m in loaded:
             use = list(m.source.weights[m.configuration])
             use = use[:1] if fast and folds is None else use
-            p = Predictor(m.source, m.configuration, use, dev, 0.5 if step is None else step, tta, backend=backend)
+            tile_step = 0.5 if step is None else step
+            p = Predictor(m.source, m.configuration, use, dev, tile_step, tta, backend=backend, precision=precision)
             predictors.append(p)
         steps = loaded[0].postprocessing if len(loaded) == 1 and postprocess else ()
         for note in (n for m in loaded for n in m.notes):
@@ -89,7 +93,7 @@ def run_predict_nnunet(
             + " + ".join(f"{m.source.location.name} (folds {', '.join(map(str, p.folds))}, trainer {m.trainer})"
                          for m, p in zip(loaded, predictors))
             + f", TTA {'on, mirror axes ' + str(list(predictors[0].mirror_axes)) if tta else 'off'}, step "
-            f"{predictors[0].step}, device {dev}, backend {backend}, postprocessing "
+            f"{predictors[0].step}, device {dev}, backend {backend} {precision}, postprocessing "
             + ("; ".join("+".join(map(str, s)) for s in steps) if steps else "none")
         )  # fmt: skip
         workers = default_export_workers(dev) if workers is None else workers

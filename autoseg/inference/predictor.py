@@ -26,6 +26,7 @@ from autoseg.device import resolve_device
 from autoseg.errors import ConfigError, problems_error
 from autoseg.evaluation.statistics import statistics_from_files, write_statistics_csv
 from autoseg.inference.backends.choice import backend_networks, resolve_backend
+from autoseg.inference.backends.precision import resolve_precision
 from autoseg.inference.configurations import choose_configurations
 from autoseg.inference.dicom_inputs import OUTPUT_TYPES, SEG_ENDING, seg_writer, series_statistics
 from autoseg.inference.export import NetworkOutput, restore_probabilities
@@ -57,11 +58,13 @@ class Predictor:
         tta: bool = True,
         models: Sequence[torch.nn.Module] | None = None,
         backend: str = "torch",
+        precision: str = "fp32",
     ):
         """The folds' networks are built from the plans and loaded from `source.weights`, unless `models` gives
         them already built (one per fold in `folds`: the end-of-fold validation passes the network it trained).
-        `backend` (resolved: 'torch', 'onnxruntime', 'openvino') runs the loaded networks' forward passes."""
-        self.source, self.step, self.tta, self.backend = source, step, tta, backend
+        `backend` (resolved: 'torch', 'onnxruntime', 'openvino') runs the loaded networks' forward passes in
+        `precision` (resolved: 'fp32', 'bf16', 'fp16')."""
+        self.source, self.step, self.tta, self.backend, self.precision = source, step, tta, backend, precision
         self.configuration = source.plans.configuration(configuration)
         available = source.weights.get(configuration, {})
         if not available and models is None:
@@ -88,10 +91,10 @@ class Predictor:
         self.models = [self._load(available[f]) for f in self.folds] if models is None else list(models)
         if len(self.models) != len(self.folds):
             raise ValueError(f"{len(self.models)} network(s) given for {len(self.folds)} fold(s)")
-        if models is None and backend != "torch":
+        if models is None and (backend != "torch" or precision != "fp32"):
             ckpts, cfg = [available[f] for f in self.folds], self.configuration
             self.models = backend_networks(
-                self.models, ckpts, self.network_in_channels, cfg.patch_size, backend, cfg.network
+                self.models, ckpts, self.network_in_channels, cfg.patch_size, backend, cfg.network, precision
             )
 
     def _load(self, weights: Path) -> torch.nn.Module:
@@ -110,7 +113,8 @@ class Predictor:
         """A cascade stage's previous stage (all its folds, same device, step and TTA); None for other stages."""
         prev = self.configuration.previous_stage
         if prev is not None and self._previous is None:
-            self._previous = Predictor(self.source, prev, None, self.device, self.step, self.tta, backend=self.backend)
+            self._previous = Predictor(self.source, prev, None, self.device, self.step, self.tta, backend=self.backend,
+                                       precision=self.precision)  # fmt: skip
         return self._previous
 
     @previous.setter
@@ -312,6 +316,7 @@ def run_predict(
     workers: int | None = None,
     statistics: bool = False,
     backend: str = "auto",
+    precision: str = "auto",
     force_modality: bool = False,
     output_type: str = "default",
 ) -> list[Path]:
@@ -320,7 +325,8 @@ def run_predict(
     `fast`: the first trained fold only, no mirroring, step 0.75 (unless `folds` / `step` are given).
     `workers`: export processes (fewer when the largest case would not fit memory; None: `default_export_workers`);
     `statistics`: statistics.csv. `backend`: what runs the network forward ('auto': OpenVINO or ONNX Runtime on
-    the CPU when installed, else torch; see autoseg.inference.backends.choice).
+    the CPU when installed, else torch; see autoseg.inference.backends.choice); `precision`: of that forward
+    ('auto': fp16 on a GPU, fp32 on the CPU; see autoseg.inference.backends.precision).
     """
     share = parse_part(part)
     if output_type not in OUTPUT_TYPES:
@@ -336,16 +342,18 @@ def run_predict(
         step = 0.75 if step is None else step
     dev = resolve_device(device)
     backend = resolve_backend(backend, dev)
+    precision = resolve_precision(precision, dev, backend)
     workers = default_export_workers(dev) if workers is None else workers
     predictors = []
     for c in configs:
         use = folds if folds is not None or not fast else [next(iter(source.weights[c]))]
-        predictors.append(Predictor(source, c, use, dev, 0.5 if step is None else step, tta, backend=backend))
+        predictors.append(Predictor(source, c, use, dev, 0.5 if step is None else step, tta, backend=backend,
+                                    precision=precision))  # fmt: skip
     share_previous_stages(predictors)
     logger.info(
         f"predicting with {source.dataset} {'+'.join(configs)} (folds {', '.join(map(str, predictors[0].folds))}), "
-        f"TTA {'on' if tta else 'off'}, step {predictors[0].step}, device {dev}, backend {backend}, postprocessing "
-        + ("; ".join("+".join(map(str, s)) for s in steps) if steps and postprocess else "none")
+        f"TTA {'on' if tta else 'off'}, step {predictors[0].step}, device {dev}, backend {backend} {precision}, "
+        "postprocessing " + ("; ".join("+".join(map(str, s)) for s in steps) if steps and postprocess else "none")
     )
     steps = steps if postprocess else ()
     return predict_folder(predictors, inp, out, steps, save_probabilities, share, resume, workers, statistics,

@@ -1,7 +1,8 @@
 """Which backend runs the sliding window's network forward, and the fallback to torch.
 
 A backend is a module registered here by import path; it imports its runtime at the top and exposes `NAME`,
-`VERSION` and ``build(onnx_path, threads) -> nn.Module``. Loading it is importing it: a runtime that is not installed
+`VERSION` and ``build(onnx_path, threads, precision="fp32") -> nn.Module`` (a precision it cannot run is a
+ValueError, hence a fallback). Loading it is importing it: a runtime that is not installed
 is an ImportError, and the fold runs with torch after a one-line note. A backend that refuses the model (export,
 compilation or a first forward fails, or its logits differ from torch's by more than `TOLERANCE` on a random input)
 falls back the same way. The check runs once, when the ONNX file is exported; the cached file is trusted after.
@@ -23,6 +24,7 @@ from torch import nn
 
 from autoseg.errors import ConfigError
 from autoseg.inference.backends.onnx_file import cached_onnx
+from autoseg.inference.backends.precision import AutocastNetwork
 from autoseg.log import logger
 from autoseg.resources import usable_cores
 
@@ -61,28 +63,35 @@ def load_backend(name: str) -> ModuleType:
 
 def backend_networks(
     nets: Sequence[nn.Module], checkpoints: Sequence[Path], in_channels: int, patch: Sequence[int], backend: str,
-    network_spec: object,
+    network_spec: object, precision: str = "fp32",
 ) -> list[nn.Module]:  # fmt: skip
-    """The folds' networks run by `backend` (already resolved); each one falls back to its torch network, with a
-    one-line note, when the backend is missing or refuses it."""
+    """The folds' networks run by `backend` (already resolved) in `precision` (resolved, see
+    `backends.precision`); each one falls back to its torch network, with a one-line note, when the backend is
+    missing or refuses it."""
+
+    def torch_net(net: nn.Module) -> nn.Module:
+        return net if precision == "fp32" else AutocastNetwork(net, precision)
+
     if backend == "torch":
-        return list(nets)
+        return [torch_net(n) for n in nets]
     try:
         module = load_backend(backend)
     except ImportError as exc:
         logger.warning(f"backend {backend} is not installed ({exc}); using torch. Install it with: {INSTALL_HINT}")
-        return list(nets)
+        return [torch_net(n) for n in nets]
     out = []
     for net, ckpt in zip(nets, checkpoints):
         try:
-            out.append(_build(module, net, Path(ckpt), in_channels, patch, network_spec))
+            out.append(_build(module, net, Path(ckpt), in_channels, patch, network_spec, precision))
         except Exception as exc:  # noqa: BLE001 - any failure of a third-party runtime means: run with torch
             logger.warning(f"backend {backend} refused {ckpt} ({type(exc).__name__}: {str(exc)[:200]}); using torch")
-            out.append(net)
+            out.append(torch_net(net))
     return out
 
 
-def _build(module: ModuleType, net: nn.Module, ckpt: Path, in_channels, patch, spec) -> nn.Module:
+def _build(module: ModuleType, net: nn.Module, ckpt: Path, in_channels, patch, spec, precision: str) -> nn.Module:
+    """The backend's runner of `net` from its cached ONNX file; a fresh file is checked against torch in fp32 first
+    (a reduced-precision runner is built after the check: its differences are the precision's, not the export's)."""
     path, fresh = cached_onnx(net.cpu(), ckpt, in_channels, patch, module.NAME, module.VERSION, spec)
     runner = module.build(path, usable_cores())
     if fresh:
@@ -93,7 +102,7 @@ def _build(module: ModuleType, net: nn.Module, ckpt: Path, in_channels, patch, s
             raise
         where = f"{ckpt.parent.name}/{ckpt.name}"
         logger.info(f"{module.NAME} {module.VERSION}: {where} exported once, cached as {path.name}")
-    return runner
+    return runner if precision == "fp32" else module.build(path, usable_cores(), precision)
 
 
 def check_agreement(net: nn.Module, runner: nn.Module, in_channels: int, patch: Sequence[int], batch: int = 2) -> float:

@@ -35,5 +35,7 @@ class OnnxRuntimeNetwork(nn.Module):
         return torch.from_numpy(self.session.run(None, {INPUT_NAME: data})[0])
 
 
-def build(onnx_path: str | Path, threads: int) -> nn.Module:
+def build(onnx_path: str | Path, threads: int, precision: str = "fp32") -> nn.Module:
+    if precision != "fp32":
+        raise ValueError(f"ONNX Runtime backend: precision {precision!r} not supported on the CPU (fp32 only)")
     return OnnxRuntimeNetwork(onnx_path, threads)

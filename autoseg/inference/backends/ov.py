@@ -1,6 +1,7 @@
-"""OpenVINO backend: the exported network compiled for the CPU, fp32 (imports openvino).
+"""OpenVINO backend: the exported network compiled for the CPU, fp32 or bf16 (imports openvino).
 
-OpenVINO would run in bf16 on CPUs that support it unless told otherwise; fp32 is asked for explicitly. The model
+OpenVINO would run in bf16 on CPUs that support it unless told otherwise; the precision is asked for explicitly
+(fp32 unless `--precision bf16`). The model
 is compiled once per batch size met (static shapes run faster than a dynamic batch; a run meets one or two sizes:
 the full forward batch and the last, smaller one).
 """
@@ -16,6 +17,7 @@ from torch import nn
 
 NAME = "openvino"
 VERSION = ov.__version__
+HINTS = {"fp32": "f32", "bf16": "bf16"}  # autoseg's precision -> OpenVINO's inference precision hint
 
 
 class OpenVinoNetwork(nn.Module):
@@ -23,11 +25,13 @@ class OpenVinoNetwork(nn.Module):
 
     backend = NAME
 
-    def __init__(self, onnx_path: str | Path, threads: int):
+    def __init__(self, onnx_path: str | Path, threads: int, precision: str = "fp32"):
         super().__init__()
+        if precision not in HINTS:
+            raise ValueError(f"OpenVINO backend: precision {precision!r} not supported (fp32 or bf16)")
         self.core = ov.Core()
         self.model = self.core.read_model(str(onnx_path))
-        self.config = {"INFERENCE_NUM_THREADS": max(int(threads), 1), "INFERENCE_PRECISION_HINT": "f32",
+        self.config = {"INFERENCE_NUM_THREADS": max(int(threads), 1), "INFERENCE_PRECISION_HINT": HINTS[precision],
                        "PERFORMANCE_HINT": "LATENCY"}  # fmt: skip
         self._compiled: dict[tuple[int, ...], ov.CompiledModel] = {}
 
@@ -45,5 +49,5 @@ class OpenVinoNetwork(nn.Module):
         return torch.from_numpy(np.array(out, dtype=np.float32, copy=True))
 
 
-def build(onnx_path: str | Path, threads: int) -> nn.Module:
-    return OpenVinoNetwork(onnx_path, threads)
+def build(onnx_path: str | Path, threads: int, precision: str = "fp32") -> nn.Module:
+    return OpenVinoNetwork(onnx_path, threads, precision)
