@@ -1,14 +1,16 @@
 """Whole-command `predict` timings of the inference backends (and nnU-Net's predictor) on the same cases.
 
     python benchmarks/backend_predict.py --workspace WS -i IMAGES -o OUT [-f 0] [--rounds 3] [--labels LABELS]
-        [--backends openvino onnxruntime torch] [--nnunet-results DIR --nnunet-dataset 4 --nnunet-fold 0]
+        [--backends openvino onnxruntime torch openvino:bf16] [--tta on|off|both]
+        [--nnunet-results DIR --nnunet-dataset 4 --nnunet-fold 0]
 
 Per round and TTA mode (on, off) every command runs once, in alternating order, after one untimed warm-up of each
 (the warm-up of a backend includes its one-time ONNX export, reported apart). For each run: wall seconds of the
 whole command and the peak memory of its process tree (the sum of the resident sets of the process and all its
 children, sampled every 20 ms from /proc). Then: per TTA mode the voxel agreement of each backend's label maps with
 torch's, and with --labels the mean Dice per label of each. nnU-Net's `nnUNetv2_predict` (from NNUNET_BIN, default
-/work/nnunet_venv/bin) runs with its defaults and with `-npp 1 -nps 1`. Run it under the heavy lock.
+/work/nnunet_venv/bin) runs with its defaults and with `-npp 1 -nps 1`. A backend written NAME:PRECISION runs with
+`--precision PRECISION` (others with the default, auto). Run it under the heavy lock.
 """
 
 from __future__ import annotations
@@ -87,8 +89,10 @@ def main() -> None:
     commands = {}
     for tta in ("on", "off") if args.tta == "both" else (args.tta,):
         for b in [*args.backends, *args.untimed]:
+            name, _, precision = b.partition(":")  # e.g. openvino:bf16
             cmd = ["autoseg", "predict", "--workspace", args.workspace, "-i", args.input, "-d", args.dataset, "-c",
-                   args.configuration, "-f", args.fold, "--device", "cpu", "--backend", b]  # fmt: skip
+                   args.configuration, "-f", args.fold, "--device", "cpu", "--backend", name,
+                   "--precision", precision or "auto"]  # fmt: skip
             commands[(tta, f"autoseg {b}")] = (cmd + (["--disable-tta"] if tta == "off" else []), None)
         if args.nnunet_results:
             nn_bin = os.environ.get("NNUNET_BIN", "/work/nnunet_venv/bin")

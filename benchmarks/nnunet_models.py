@@ -117,7 +117,7 @@ def nnunet_commands(args, out: Path, tta: bool) -> list[list[str]]:
 def autoseg_commands(args, out: Path, tta: bool) -> list[list[str]]:
     cmd = [sys.executable, "-m", "autoseg", "predict", "-i", args.images, "-o", str(out), "--nnunet-model",
            *args.model, "-f", *args.folds, "--device", "cpu", "--backend", args.backend, "--checkpoint",
-           args.checkpoint]  # fmt: skip
+           args.checkpoint, *args.extra_autoseg]  # fmt: skip
     return [cmd + ([] if tta else ["--disable-tta"])]
 
 
@@ -156,6 +156,8 @@ def main() -> None:
     ap.add_argument("--memory-limit-gb", type=float, default=0, help="ulimit -v per process (0: none)")
     ap.add_argument("--timeout-s", type=float, default=0, help="kill a run after this long (0: never)")
     ap.add_argument("--extra-nnunet", nargs="*", default=[], help="more nnUNetv2_predict_from_modelfolder arguments")
+    ap.add_argument("--extra-autoseg", nargs="*", default=[], help="more `autoseg predict` arguments (e.g. -v)")
+    ap.add_argument("--only", choices=("both", "autoseg"), default="both", help="autoseg alone: no comparison")
     args = ap.parse_args()
     root = Path(args.out)
     root.mkdir(parents=True, exist_ok=True)
@@ -166,6 +168,7 @@ def main() -> None:
         failures = {}
         for r in range(args.rounds):
             order = ["nnunet", "autoseg"] if r % 2 == 0 else ["autoseg", "nnunet"]
+            order = order if args.only == "both" else ["autoseg"]
             for tool in order:
                 out = root / f"{tool}_tta{'on' if tta else 'off'}_r{r}"
                 cmds = (nnunet_commands if tool == "nnunet" else autoseg_commands)(args, out, tta)
@@ -178,10 +181,11 @@ def main() -> None:
                       + (f", FAILED {failed}" if failed else ""), flush=True)  # fmt: skip
         tag = "on" if tta else "off"
         pair = (root / f"nnunet_tta{tag}_r0", root / f"autoseg_tta{tag}_r0")
-        agreement = {} if failures else compare(*pair, args.ending)
+        agreement = {} if failures or args.only != "both" else compare(*pair, args.ending)
         row = {"models": [Path(m).name for m in args.model], "folds": args.folds, "tta": tta, **agreement,
                "wall_s": times, "peak_rss_gb": peaks, "backend": args.backend, "failures": failures,
-               "speedup_median": round(float(np.median(times["nnunet"]) / np.median(times["autoseg"])), 2)}  # fmt: skip
+               "speedup_median": round(float(np.median(times["nnunet"]) / np.median(times["autoseg"])), 2)
+               if times["nnunet"] else None}  # fmt: skip
         print(json.dumps(row), flush=True)
         results.append(row)
     (root / "summary.json").write_text(json.dumps(results, indent=2))

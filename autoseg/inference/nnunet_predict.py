@@ -11,12 +11,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from autoseg.device import resolve_device
 from autoseg.errors import ConfigError
-from autoseg.inference.backends.choice import resolve_backend
-from autoseg.inference.backends.precision import resolve_precision
 from autoseg.inference.inputs import parse_part
 from autoseg.inference.nnunet_source import DEFAULT_CHECKPOINT, NnunetModel, load_nnunet_model, model_folders
+from autoseg.inference.options import check_predict_options, resolve_engine
 from autoseg.inference.predictor import Predictor, default_export_workers, predict_folder
 from autoseg.log import logger
 
@@ -64,18 +62,13 @@ def run_predict_nnunet(
     share = parse_part(part)
     if not models:
         raise ConfigError("--nnunet-model needs at least one model folder or zip")
-    if workers is not None and workers < 1:
-        raise ConfigError(f"-j/--workers {workers}: must be at least 1 (1 = export in the main process)")
-    if step is not None and not 0 < step <= 1:
-        raise ConfigError(f"--step {step}: must be in (0, 1]; 0.5 is the default, larger is faster")
+    check_predict_options(workers, step)
     if fast:
         tta, step = False, 0.75 if step is None else step
     with model_folders(models) as folders:
         loaded = [load_nnunet_model(f, folds, checkpoint) for f in folders]
         check_compatible(loaded)
-        dev = resolve_device(device)
-        backend = resolve_backend(backend, dev)
-        precision = resolve_precision(precision, dev, backend)
+        dev, backend, precision = resolve_engine(device, backend, precision)
         predictors = []
         for m in loaded:
             use = list(m.source.weights[m.configuration])

@@ -25,13 +25,13 @@ from autoseg.data.probabilities import probabilities_to_labels
 from autoseg.device import resolve_device
 from autoseg.errors import ConfigError, problems_error
 from autoseg.evaluation.statistics import statistics_from_files, write_statistics_csv
-from autoseg.inference.backends.choice import backend_networks, resolve_backend
-from autoseg.inference.backends.precision import resolve_precision
+from autoseg.inference.backends.choice import backend_networks
 from autoseg.inference.configurations import choose_configurations
 from autoseg.inference.dicom_inputs import OUTPUT_TYPES, SEG_ENDING, seg_writer, series_statistics
 from autoseg.inference.export import NetworkOutput, restore_probabilities
 from autoseg.inference.exporter import Exporter, ExportJob, export_workers
 from autoseg.inference.inputs import InputCase, input_problems, parse_part, read_case, scan_inputs
+from autoseg.inference.options import check_predict_options, resolve_engine
 from autoseg.inference.sliding_window import NNUNET_NUMERICS, sliding_window_logits
 from autoseg.inference.source import ModelSource, resolve_source
 from autoseg.log import logger, progress
@@ -58,13 +58,13 @@ class Predictor:
         tta: bool = True,
         models: Sequence[torch.nn.Module] | None = None,
         backend: str = "torch",
-        precision: str = "fp32",
+        precision: str | None = None,
     ):
         """The folds' networks are built from the plans and loaded from `source.weights`, unless `models` gives
         them already built (one per fold in `folds`: the end-of-fold validation passes the network it trained).
         `backend` (resolved: 'torch', 'onnxruntime', 'openvino') runs the loaded networks' forward passes in
-        `precision` (resolved: 'fp32', 'bf16', 'fp16')."""
-        self.source, self.step, self.tta, self.backend, self.precision = source, step, tta, backend, precision
+        `precision` (resolved: 'fp32', 'bf16', 'fp16'; None: the device's default, fp16 on a GPU, else fp32)."""
+        self.source, self.step, self.tta, self.backend = source, step, tta, backend
         self.configuration = source.plans.configuration(configuration)
         available = source.weights.get(configuration, {})
         if not available and models is None:
@@ -78,6 +78,7 @@ class Predictor:
             )
         self.folds = tuple(chosen)
         self.device = torch.device(device) if device is not None else resolve_device(None)
+        self.precision = precision or ("fp16" if self.device.type == "cuda" else "fp32")
         self.memoize = False  # keep the last case's output: another predictor of the ensemble uses it too
         self._memo = None
         self.labels = source.scheme.foreground_labels
@@ -91,10 +92,10 @@ class Predictor:
         self.models = [self._load(available[f]) for f in self.folds] if models is None else list(models)
         if len(self.models) != len(self.folds):
             raise ValueError(f"{len(self.models)} network(s) given for {len(self.folds)} fold(s)")
-        if models is None and (backend != "torch" or precision != "fp32"):
+        if models is None:
             ckpts, cfg = [available[f] for f in self.folds], self.configuration
             self.models = backend_networks(
-                self.models, ckpts, self.network_in_channels, cfg.patch_size, backend, cfg.network, precision
+                self.models, ckpts, self.network_in_channels, cfg.patch_size, backend, cfg.network, self.precision
             )
 
     def _load(self, weights: Path) -> torch.nn.Module:
@@ -245,10 +246,13 @@ def predict_folder(
     start = time.perf_counter()
     with Exporter(workers) as exporter:
         for case in progress(todo, desc="predict", unit="case"):
+            t0 = time.perf_counter()
             image, geometry = read_case(case)  # checked above, channels included
             target = target_of(case)
             npz = target.parent / f"{case.case_id}.npz" if save_probabilities else None
+            t1 = time.perf_counter()
             members = [p.network_output(image, geometry) for p in predictors]
+            logger.debug(f"{case.case_id}: read {t1 - t0:.1f} s, network {time.perf_counter() - t1:.1f} s")
             stats_image = image if statistics else None
             del image
             exporter.submit(
@@ -258,6 +262,8 @@ def predict_folder(
             )  # fmt: skip
             del members, stats_image
         results = exporter.finish()
+    for r in results:
+        logger.debug(f"{r.case_id}: export {r.seconds:.1f} s")
     if results:
         took = time.perf_counter() - start
         logger.info(
@@ -331,18 +337,13 @@ def run_predict(
     share = parse_part(part)
     if output_type not in OUTPUT_TYPES:
         raise ConfigError(f"--output-type {output_type!r}: expected one of {', '.join(OUTPUT_TYPES)}")
-    if workers is not None and workers < 1:
-        raise ConfigError(f"-j/--workers {workers}: must be at least 1 (1 = export in the main process)")
-    if step is not None and not 0 < step <= 1:
-        raise ConfigError(f"--step {step}: must be in (0, 1]; 0.5 is the default, larger is faster")
+    check_predict_options(workers, step)
     source = resolve_source(ws, dataset, model_dir, plans_name, trainer)
     configs, steps = choose_configurations(source, configuration, ensemble)
     if fast:
         tta = False
         step = 0.75 if step is None else step
-    dev = resolve_device(device)
-    backend = resolve_backend(backend, dev)
-    precision = resolve_precision(precision, dev, backend)
+    dev, backend, precision = resolve_engine(device, backend, precision)
     workers = default_export_workers(dev) if workers is None else workers
     predictors = []
     for c in configs:

@@ -24,7 +24,7 @@ from torch import nn
 
 from autoseg.errors import ConfigError
 from autoseg.inference.backends.onnx_file import cached_onnx
-from autoseg.inference.backends.precision import AutocastNetwork
+from autoseg.inference.backends.precision import torch_network
 from autoseg.log import logger
 from autoseg.resources import usable_cores
 
@@ -69,23 +69,20 @@ def backend_networks(
     `backends.precision`); each one falls back to its torch network, with a one-line note, when the backend is
     missing or refuses it."""
 
-    def torch_net(net: nn.Module) -> nn.Module:
-        return net if precision == "fp32" else AutocastNetwork(net, precision)
-
     if backend == "torch":
-        return [torch_net(n) for n in nets]
+        return [torch_network(n, precision) for n in nets]
     try:
         module = load_backend(backend)
     except ImportError as exc:
         logger.warning(f"backend {backend} is not installed ({exc}); using torch. Install it with: {INSTALL_HINT}")
-        return [torch_net(n) for n in nets]
+        return [torch_network(n, precision) for n in nets]
     out = []
     for net, ckpt in zip(nets, checkpoints):
         try:
             out.append(_build(module, net, Path(ckpt), in_channels, patch, network_spec, precision))
         except Exception as exc:  # noqa: BLE001 - any failure of a third-party runtime means: run with torch
             logger.warning(f"backend {backend} refused {ckpt} ({type(exc).__name__}: {str(exc)[:200]}); using torch")
-            out.append(torch_net(net))
+            out.append(torch_network(net, precision))
     return out
 
 

@@ -31,15 +31,24 @@ def resolve_precision(name: str, device: torch.device, backend: str) -> str:
     return name
 
 
+def torch_network(net: nn.Module, precision: str) -> nn.Module:
+    """`net` run in `precision`: the network itself where that is what it does anyway (fp32 on the CPU), else
+    wrapped (the sliding window autocasts to float16 on a GPU; fp32 there must switch that off)."""
+    param = next(net.parameters(), None)
+    on_cpu = param is None or param.device.type == "cpu"
+    return net if precision == "fp32" and on_cpu else AutocastNetwork(net, precision)
+
+
 class AutocastNetwork(nn.Module):
-    """A torch network whose forward runs under autocast in `precision` ('bf16' or 'fp16'); logits come back float32."""
+    """A torch network whose forward runs under autocast in `precision` ('bf16' or 'fp16'), or with autocast
+    switched off ('fp32'); logits come back float32."""
 
     def __init__(self, net: nn.Module, precision: str):
         super().__init__()
-        self.net, self.dtype = net, DTYPES[precision]
+        self.net, self.dtype = net, DTYPES.get(precision)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(x.device.type, dtype=self.dtype):
+        with torch.autocast(x.device.type, dtype=self.dtype, enabled=self.dtype is not None):
             out = self.net(x)
         out = out[0] if isinstance(out, (list, tuple)) else out
         return out.float()

@@ -12,7 +12,7 @@ from autoseg.data.image_io import read_file
 from autoseg.data.probabilities import load_probabilities
 from autoseg.errors import ConfigError
 from autoseg.inference.backends.choice import backend_networks
-from autoseg.inference.backends.precision import AutocastNetwork, resolve_precision
+from autoseg.inference.backends.precision import AutocastNetwork, resolve_precision, torch_network
 from autoseg.inference.predictor import run_predict
 from autoseg.networks.build import build_network
 from autoseg.training.checkpoint import save_checkpoint
@@ -56,7 +56,11 @@ def test_bf16_runners_compute_in_bf16_and_stay_close_to_fp32(tmp_path):
         assert ov_runner.backend == "openvino" and ov_runner.config["INFERENCE_PRECISION_HINT"] == "bf16"
         assert float((ov_runner(x) - ref).abs().max()) < 0.05 * float(ref.abs().max())
         (fp32,) = backend_networks([net], [ckpt], 1, cfg.patch_size, "torch", cfg.network, "fp32")
-        assert fp32 is net  # fp32 with torch: the network itself, untouched
+        assert fp32 is net  # fp32 with torch on the CPU: the network itself, untouched
+        off = AutocastNetwork(net, "fp32")  # what fp32 means off the CPU: autocast switched off, same numbers
+        assert off.dtype is None and torch.equal(off(x), ref)
+    elsewhere = torch_network(build_network(cfg.network, 1, 3, False).to("meta"), "fp32")  # a network not on the CPU
+    assert isinstance(elsewhere, AutocastNetwork) and elsewhere.dtype is None
 
 
 def test_predict_in_bf16_agrees_with_fp32_and_the_cli_passes_the_choice(workspace, tmp_path, capsys):
