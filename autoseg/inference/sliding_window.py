@@ -247,8 +247,9 @@ def sliding_window_logits(
     patch, (C, Z, Y, X) with a 2D patch, is predicted slice by slice along Z (see `predict_2d_from_3d`).
     `mirror_axes` index the model's spatial axes (0 = first spatial axis); all their subsets are averaged.
     `device` defaults to the device of the model's parameters; the model is moved there if it differs.
-    `batch_tiles` tiles are cut out together; their mirrored copies are concatenated into forward passes of at most
-    `max_batch` inputs (default `default_max_batch`: up to 8 on the CPU, `batch_tiles` on a GPU).
+    Up to `batch_tiles` tiles are cut out together, and fewer where their mirrored copies would not fit one forward
+    pass of `max_batch` inputs (default `default_max_batch`: up to 8 on the CPU, fewer for large patches;
+    `batch_tiles` on a GPU); the copies are concatenated into passes of at most `max_batch` inputs.
     Images smaller than the patch are padded with 0 and the result cropped back to the input size.
     `use_gaussian` "nnunet" (`NNUNET_NUMERICS`) reproduces nnU-Net v2's numbers for its models: its float16 Gaussian
     (`nnunet_gaussian`) and float16 sums of the weighted tiles and weights, as nnU-Net 2.x accumulates (on the CPU
@@ -271,6 +272,7 @@ def sliding_window_logits(
         with torch.no_grad():
             tiles = max(int(batch_tiles), 1)
             bound = max(int(max_batch), 1) if max_batch is not None else default_max_batch(device, tiles, patch)
+            tiles = min(tiles, max(bound // len(flips), 1))  # a pass never holds more than `bound` inputs
             result = _run_with_fallback(model, padded, patch, step, flips, tiles, device, use_gaussian, bound)
             return result[(*lead, *crop)].cpu().contiguous()
     finally:

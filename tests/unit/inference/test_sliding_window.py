@@ -251,7 +251,7 @@ class CountingNet(nn.Module):
         return self.body(x)
 
 
-@pytest.mark.parametrize("batch_tiles,max_batch,largest", [(1, 8, 8), (2, 8, 8), (3, 5, 3), (4, 2, 4), (16, 64, 64)])
+@pytest.mark.parametrize("batch_tiles,max_batch,largest", [(1, 8, 8), (2, 8, 8), (3, 5, 5), (4, 2, 2), (16, 64, 64)])
 def test_batched_mirror_tta_equals_sequential_passes(batch_tiles, max_batch, largest):
     torch.manual_seed(6)
     image = torch.randn(2, 14, 19, 11)
@@ -265,7 +265,21 @@ def test_batched_mirror_tta_equals_sequential_passes(batch_tiles, max_batch, lar
     torch.testing.assert_close(batched, sequential, rtol=1e-5, atol=1e-5)
     n_inputs = 3 * 3 * 3 * 8  # 27 tiles x 8 mirrored copies
     assert sum(model.batches) == n_inputs
-    assert max(model.batches) == largest  # tiles x mirrors per pass, never split below one tile batch
+    assert max(model.batches) == largest <= max_batch  # tiles x mirrors per pass, never more than max_batch
+
+
+def test_tiles_without_mirroring_never_exceed_the_pass_bound():
+    """TTA off, 4 tiles cut together: a bound of 1 input per pass (the CPU's for large patches) holds, and the
+    result is the one of larger passes (a 105-class network at 96^3 made 4-tile passes of 1.5 GB output before)."""
+    torch.manual_seed(7)
+    image = torch.randn(2, 14, 19, 11)
+    model = CountingNet()
+    wide = sliding_window_logits(model, image, (8, 10, 6), batch_tiles=4, max_batch=4)
+    assert max(model.batches) == 4
+    model.batches.clear()
+    narrow = sliding_window_logits(model, image, (8, 10, 6), batch_tiles=4, max_batch=1)
+    assert set(model.batches) == {1} and len(model.batches) == 27
+    torch.testing.assert_close(narrow, wide, rtol=1e-5, atol=1e-5)
 
 
 def test_one_tile_with_all_mirrors_is_one_forward_pass_on_cpu():
