@@ -28,7 +28,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--backend", default="torch")
     args = ap.parse_args()
-    model = load_nnunet_model(args.nnunet_model, ["0"])
+    model = load_nnunet_model(args.nnunet_model, [0])
     image, geometry = read_file(args.image)
     start = time.perf_counter()
     predictor = Predictor(model.source, model.configuration, None, "cpu", 0.5, False, backend=args.backend)

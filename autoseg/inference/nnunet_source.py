@@ -80,6 +80,7 @@ def _folds(folder: Path, folds: Sequence[int | str] | None, checkpoint: str) -> 
         if not found:
             raise ConfigError(f"{folder}: no fold_<k>/{checkpoint}; choose another file with --checkpoint")
         return dict(sorted(found.items(), key=lambda kv: str(kv[0])))
+    folds = [int(f) if isinstance(f, str) and f.isdigit() else f for f in folds]  # "0" and 0 name the same fold
     missing = [f for f in folds if f not in found]
     if missing:
         raise ConfigError(

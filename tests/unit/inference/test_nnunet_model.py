@@ -103,6 +103,7 @@ def test_missing_fold_and_incompatible_ensemble_are_named(tmp_path, cases):
     folder = write_model_folder(tmp_path / "m")
     with pytest.raises(ConfigError, match="fold 3 has no checkpoint_final.pth"):
         run_predict_nnunet(cases, tmp_path / "out", [folder], folds=[3], device="cpu")
+    assert list(load_nnunet_model(folder, ["0"]).source.weights["3d_fullres"]) == [0]  # "0" names fold 0, as 0 does
     other = dict(json.loads((folder / "dataset.json").read_text()), labels={"background": 0, "x": 1})
     second = write_model_folder(
         tmp_path / "n", "2d", configuration(2, (16, 16), (1.0, 1.0)), (0,), (0, 1), dataset=other
