@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from autoseg import __version__
-from autoseg.data.dicom.deps import highdicom, pydicom, require_dicom
+from autoseg.data.dicom.deps import load_highdicom, pydicom, require_dicom
 from autoseg.data.dicom.series import DicomSeries
 from autoseg.data.geometry import Geometry
 from autoseg.errors import DatasetError, ImageIOError
@@ -32,6 +32,7 @@ ALGORITHM_NAME = "autoseg"
 
 def _codes():
     """(segmented property category, type, algorithm family) as highdicom coded concepts."""
+    load_highdicom()  # which imports pydicom.sr
     codes = pydicom.sr.codedict.codes
     return codes.SCT.Tissue, codes.SCT.Tissue, codes.cid7162.ArtificialIntelligence
 
@@ -83,6 +84,7 @@ def write_dicom_seg(path: str | os.PathLike, labels: np.ndarray, geometry: Geome
         numbers[v] = k
     mask = numbers[np.clip(labels, 0, max(keep)).astype(np.intp)] * (labels <= max(keep))
     category, kind, family = _codes()
+    highdicom = load_highdicom()
     algorithm = highdicom.AlgorithmIdentificationSequence(name=ALGORITHM_NAME, family=family, version=__version__)
     segments = [
         highdicom.seg.SegmentDescription(
@@ -130,7 +132,7 @@ def read_dicom_seg(path: str | os.PathLike, series: DicomSeries, label_names: di
     require_dicom(str(path))
     path = Path(path)
     try:
-        seg = highdicom.seg.segread(path)
+        seg = load_highdicom().seg.segread(path)
     except Exception as exc:
         raise ImageIOError(f"{path}: not a readable DICOM-SEG ({type(exc).__name__}: {str(exc)[:200]})") from exc
     lookup = {n.lower(): v for n, v in label_names.items()}
