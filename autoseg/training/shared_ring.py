@@ -85,29 +85,27 @@ class SharedRing:
 
 def to_wire(value: Any) -> Any:
     """`value` with every CPU tensor (inside dataclasses, lists, tuples and dicts) replaced by a `_Wire` numpy copy."""
-    if isinstance(value, torch.Tensor):
-        return _Wire(value.detach().cpu().numpy())
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return _rebuilt(value, to_wire)
-    if isinstance(value, (list, tuple)):
-        items = [to_wire(v) for v in value]
-        return type(value)(items) if not hasattr(value, "_fields") else type(value)(*items)
-    if isinstance(value, dict):
-        return {k: to_wire(v) for k, v in value.items()}
-    return value
+    return _walk(value, lambda v: _Wire(v.detach().cpu().numpy()) if isinstance(v, torch.Tensor) else v)
 
 
 def from_wire(value: Any) -> Any:
     """Undo `to_wire`: the same structure with torch CPU tensors (same dtypes and values)."""
-    if isinstance(value, _Wire):
-        return torch.from_numpy(value.array)
+    return _walk(value, lambda v: torch.from_numpy(v.array) if isinstance(v, _Wire) else v)
+
+
+def _walk(value: Any, swap) -> Any:
+    """`value` with `swap` applied to every item: an item that `swap` replaces is taken as it returns it; anything
+    else is rebuilt through dataclasses (frozen ones too), lists, tuples (named ones too) and dicts."""
+    swapped = swap(value)
+    if swapped is not value:
+        return swapped
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return _rebuilt(value, from_wire)
+        return _rebuilt(value, lambda v: _walk(v, swap))
     if isinstance(value, (list, tuple)):
-        items = [from_wire(v) for v in value]
+        items = [_walk(v, swap) for v in value]
         return type(value)(items) if not hasattr(value, "_fields") else type(value)(*items)
     if isinstance(value, dict):
-        return {k: from_wire(v) for k, v in value.items()}
+        return {k: _walk(v, swap) for k, v in value.items()}
     return value
 
 
