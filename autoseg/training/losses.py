@@ -59,6 +59,15 @@ def soft_dice_stats(
     return intersect, probs.sum(-1), onehot.sum(-1, dtype=probs.dtype)
 
 
+def mean_soft_dice(
+    intersect: torch.Tensor, vol_pred: torch.Tensor, vol_gt: torch.Tensor, batch_dice: bool, smooth: float
+) -> torch.Tensor:
+    """The mean soft Dice of per-sample, per-class sums (B, K) (with `batch_dice`, summed over the batch first)."""
+    if batch_dice:
+        intersect, vol_pred, vol_gt = intersect.sum(0), vol_pred.sum(0), vol_gt.sum(0)
+    return ((2 * intersect + smooth) / (vol_gt + vol_pred + smooth).clamp_min(1e-8)).mean()
+
+
 class SoftDiceLoss(nn.Module):
     """Minus the mean soft Dice over foreground classes (and samples, unless batch_dice)."""
 
@@ -69,11 +78,7 @@ class SoftDiceLoss(nn.Module):
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         target, valid = _split_ignore(target, self.ignore_label)
         probs = torch.softmax(logits.float(), dim=1)
-        intersect, vol_pred, vol_gt = soft_dice_stats(probs, target, valid, first_class=1)
-        if self.batch_dice:
-            intersect, vol_pred, vol_gt = intersect.sum(0), vol_pred.sum(0), vol_gt.sum(0)
-        dice = (2 * intersect + self.smooth) / (vol_gt + vol_pred + self.smooth).clamp_min(1e-8)
-        return -dice.mean()
+        return -mean_soft_dice(*soft_dice_stats(probs, target, valid, first_class=1), self.batch_dice, self.smooth)
 
 
 class CrossEntropyLoss(nn.Module):
@@ -152,11 +157,8 @@ class RegionDiceBCELoss(nn.Module):
             bce = bce.mean()
         b, r = probs.shape[:2]
         probs, onehot = probs.reshape(b, r, -1), onehot.reshape(b, r, -1)
-        intersect, vol_pred, vol_gt = (probs * onehot).sum(-1), probs.sum(-1), onehot.sum(-1, dtype=probs.dtype)
-        if self.batch_dice:
-            intersect, vol_pred, vol_gt = intersect.sum(0), vol_pred.sum(0), vol_gt.sum(0)
-        dice = (2 * intersect + self.smooth) / (vol_gt + vol_pred + self.smooth).clamp_min(1e-8)
-        return self.weight_bce * bce - self.weight_dice * dice.mean()
+        stats = (probs * onehot).sum(-1), probs.sum(-1), onehot.sum(-1, dtype=probs.dtype)
+        return self.weight_bce * bce - self.weight_dice * mean_soft_dice(*stats, self.batch_dice, self.smooth)
 
 
 def _split_ignore(target: torch.Tensor, ignore_label: int | None) -> tuple[torch.Tensor, torch.Tensor | None]:
