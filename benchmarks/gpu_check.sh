@@ -13,11 +13,20 @@
 #   - ms per training step with each training-step switch (benchmarks/step_switches.py);
 #   - when nnunetv2 imports in NNUNET_PYTHON (default: python3), nnU-Net's seconds per epoch on the same data.
 # Each stage has its own time limit, so the whole script stays under 8 minutes; a stage that runs out says so.
+#
+# Rehearsal on a machine without a GPU (checks the script itself, not the figures; about 6 minutes on 2 cores):
+#   DEVICE=cpu EPOCHS=1 ITERATIONS=2 BENCH_ITERATIONS=2 SWITCHES="baseline channels_last" bash benchmarks/gpu_check.sh
 set -uo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 raw=${1:-$here/../shared/data/Dataset004_Hippocampus}
 work=${2:-$(mktemp -d /tmp/autoseg_gpu_check.XXXXXX)}
 nn_python=${NNUNET_PYTHON:-python3}
+device=${DEVICE:-cuda}
+epochs=${EPOCHS:-3}
+iterations=${ITERATIONS:-50}
+val_iterations=$(( iterations / 5 > 0 ? iterations / 5 : 1 ))
+bench_iterations=${BENCH_ITERATIONS:-20}
+switches=${SWITCHES:-}
 export AUTOSEG_NO_PROGRESS=1
 ws=$work/ws
 mkdir -p "$ws/raw"
@@ -37,8 +46,8 @@ c = [c for c in p['configurations'] if c['name'] == '3d_fullres'][0]
 print('patch', c['patch_size'], 'batch', c['batch_size'])")"
 
 for pipeline in default batchgenerators; do
-  timeout 100 autoseg train -d 4 -c 3d_fullres -f 0 --workspace "$ws" --trainer default -j 8 \
-    --set epochs=3 --set iterations_per_epoch=50 --set val_iterations_per_epoch=10 \
+  timeout 100 autoseg train -d 4 -c 3d_fullres -f 0 --workspace "$ws" --trainer default -j 8 --device "$device" \
+    --set epochs=$epochs --set iterations_per_epoch=$iterations --set val_iterations_per_epoch=$val_iterations \
     --set validate_at_end=false --set augmentation=$pipeline > "$work/train_$pipeline.log" 2>&1 \
     || say "train ($pipeline) failed or ran out of time (see $work/train_$pipeline.log)"
   run=$ws/results/Dataset004_Hippocampus/default/3d_fullres/default/fold_0
@@ -52,14 +61,16 @@ for r in rows:
   rm -rf "$run"
 done
 
-timeout 120 autoseg benchmark -d 4 -c 3d_fullres --workspace "$ws" --iterations 20 -j 8 --step-ms 14.8 \
+timeout 120 autoseg benchmark -d 4 -c 3d_fullres --workspace "$ws" --iterations "$bench_iterations" -j 8 \
+  --device "$device" --step-ms 14.8 \
   -o "$work/benchmark.json" > "$work/benchmark.log" 2>&1 || say "benchmark failed or ran out of time"
 [ -f "$work/benchmark.json" ] && sed -n '/dataset \/ configuration/,$p' "$work/benchmark.log" | tee -a "$summary"
 
 # training-step switches (autocast dtype, channels-last, cuDNN autotuning, torch.compile): ms per step of each, to
 # decide which to turn on by default (docs/benchmarks.md); compilation happens in the warm-up steps
-timeout 110 python "$here/benchmarks/step_switches.py" "$ws" 4 3d_fullres --device cuda --iterations 20 --warmup 3 \
-  > "$work/step_switches.log" 2>&1 || say "step switches failed or ran out of time (see $work/step_switches.log)"
+timeout 110 python "$here/benchmarks/step_switches.py" "$ws" 4 3d_fullres --device "$device" \
+  --iterations "$bench_iterations" --warmup 3 ${switches:+--switches $switches} > "$work/step_switches.log" 2>&1 \
+  || say "step switches failed or ran out of time (see $work/step_switches.log)"
 grep -E "ms/step|failed:" "$work/step_switches.log" | sed 's/^/switch /' | tee -a "$summary"
 
 if "$nn_python" -c "import nnunetv2" 2>/dev/null; then
@@ -68,8 +79,9 @@ if "$nn_python" -c "import nnunetv2" 2>/dev/null; then
   export nnUNet_raw=$nn/raw nnUNet_preprocessed=$nn/pre nnUNet_results=$nn/res
   timeout 120 "$nn_python" -m nnunetv2.experiment_planning.plan_and_preprocess_entrypoints -d 4 -c 3d_fullres \
     -np 8 > "$nn/preprocess.log" 2>&1 || say "nnU-Net preprocessing failed or ran out of time"
-  NNUNET_TIMED_EPOCHS=3 NNUNET_TIMED_TRAIN_ITERS=50 NNUNET_TIMED_VAL_ITERS=10 NNUNET_TIMED_SKIP_FINAL_VAL=1 \
-    timeout 120 "$nn_python" "$here/../shared/peer/nnunet_train.py" 4 3d_fullres 0 > "$nn/train.log" 2>&1 \
+  NNUNET_TIMED_EPOCHS=$epochs NNUNET_TIMED_TRAIN_ITERS=$iterations NNUNET_TIMED_VAL_ITERS=$val_iterations \
+    NNUNET_TIMED_SKIP_FINAL_VAL=1 timeout 120 "$nn_python" "$here/../shared/peer/nnunet_train.py" 4 3d_fullres 0 \
+    -device "$device" > "$nn/train.log" 2>&1 \
     || say "nnU-Net training failed or ran out of time (see $nn/train.log)"
   say "nnU-Net: $(grep -E 'Epoch time' "$nn/train.log" | tr '\n' ' ')"
 else
