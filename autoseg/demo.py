@@ -193,8 +193,10 @@ def run_demo(ws: Workspace, settings: DemoSettings | None = None, device: str | 
     if resume:
         logger.info(f"{run_dir}: reusing the training run of an earlier demo (continuing it if it was interrupted)")
     train = training.train_folds
+    timer = clock.epoch_timer()  # logs the time left after every epoch
     (fold,) = clock.run(
-        TRAIN, lambda: train(ws, name, [cfg], folds=[0], overrides=overrides, device=device, resume=resume)
+        TRAIN,
+        lambda: train(ws, name, [cfg], folds=[0], overrides=overrides, device=device, resume=resume, on_epoch=timer),
     )
     pred_dir = demo_dir / "predictions"
     clock.run(

@@ -2,15 +2,13 @@
 
 The estimates start from a cost model of each stage (seconds measured on a 2-core reference machine, scaled by the
 settings' voxels, cases and iterations) and are rescaled by how fast this machine is: a short convolution probe
-before the first stage, then the training's own epochs (read from the trainer's per-epoch log line).
+before the first stage, then the training's own epochs (the trainer calls `StageClock.epoch_timer()` after each).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +19,7 @@ import torch
 from autoseg.errors import AutosegError, ConfigError
 from autoseg.log import logger
 from autoseg.training.pipelines import augmentations
+from autoseg.training.progress import EpochRecord
 
 SEED, OBLIQUE_EVERY = 2026, 4  # how the demo data is generated (part of its settings record)
 
@@ -178,9 +177,6 @@ class StageClock:
             f"(estimated total left about {_minutes(self.total_left(stage))})"
         )
         t0 = time.perf_counter()
-        watcher = _EpochWatcher(self) if stage == TRAIN else None
-        if watcher is not None:
-            logger.addHandler(watcher)
         try:
             out = fn()
         except (AutosegError, OSError) as exc:
@@ -189,9 +185,6 @@ class StageClock:
                 f"stage '{stage}' failed: {cause}\n(fix the cause and run the same command again: the data, "
                 f"preprocessed cases and training run already made under {self.where} are reused)"
             ) from exc
-        finally:
-            if watcher is not None:
-                logger.removeHandler(watcher)
         self.result.seconds[stage] = round(time.perf_counter() - t0, 1)
         return out
 
@@ -203,30 +196,27 @@ class StageClock:
             f"{_minutes(self.total_left(TRAIN))})"
         )
 
+    def epoch_timer(self) -> EpochTimer:
+        """The trainer's epoch listener (`train_folds(..., on_epoch=...)`) that logs the time left."""
+        return EpochTimer(self)
 
-_EPOCH_LINE = re.compile(r"epoch\s+(\d+)\s.*\s(\d+(?:\.\d+)?)s\s+data_wait")  # the trainer's line per epoch
 
-
-class _EpochWatcher(logging.Handler):
-    """Sees the trainer's per-epoch log line (autoseg.training.progress.format_line) and has the clock log the time
-    left. Seconds per epoch = wall time since the first epoch seen in this run began / epochs seen, so checkpoint
-    writing is counted and the run's start-up (network, data loaders) is not."""
+class EpochTimer:
+    """Called by the trainer after every epoch; has the clock log the time left. Seconds per epoch = wall time since
+    the first epoch seen in this run began / epochs seen, so checkpoint writing is counted and the run's start-up
+    (network, data loaders) is not."""
 
     def __init__(self, clock: StageClock) -> None:
-        super().__init__(logging.INFO)
         self.clock = clock
         self.started: float | None = None
         self.seen = 0
 
-    def emit(self, record: logging.LogRecord) -> None:
-        match = _EPOCH_LINE.match(record.getMessage())
-        if match is None:
-            return
+    def __call__(self, epoch: int, record: EpochRecord) -> None:
         now = time.perf_counter()
         if self.started is None:
-            self.started = now - float(match.group(2))
+            self.started = now - record.seconds
         self.seen += 1
-        self.clock.epoch_done(int(match.group(1)), (now - self.started) / self.seen)
+        self.clock.epoch_done(epoch, (now - self.started) / self.seen)
 
 
 # ---- checks before the first stage -----------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from autoseg.planning.plans import Plans
 from autoseg.training.cascade import missing_predictions
 from autoseg.training.config import TrainConfig, apply_overrides
 from autoseg.training.distributed import env_info, shutdown
-from autoseg.training.trainer import FoldResult, train_fold
+from autoseg.training.trainer import EpochListener, FoldResult, train_fold
 from autoseg.workspace import Workspace
 
 
@@ -57,6 +57,7 @@ def train_folds(
     num_workers: int | None = None,
     group_by: str | None = None,
     deterministic: bool = False,
+    on_epoch: EpochListener | None = None,
 ) -> list[FoldResult]:
     name = ws.resolve(dataset)
     path = ws.plans_file(name, plans_name)
@@ -86,6 +87,7 @@ def train_folds(
                         num_workers=num_workers,
                         deterministic=deterministic,
                         group_by=group_by,
+                        on_epoch=on_epoch,
                     )
                 )
     finally:

@@ -19,6 +19,7 @@ import dataclasses
 import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +48,7 @@ from autoseg.training.validation import validate_fold
 from autoseg.workspace import RunFolder, Workspace
 
 trainers: Registry = Registry("trainer")
+EpochListener = Callable[[int, P.EpochRecord], None]  # (epoch, its record)
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,7 @@ class Trainer:
     def __init__(self, fc: FoldContext, cfg: TrainConfig, device: torch.device, num_workers: int, deterministic: bool):
         self.fc, self.cfg, self.device = fc, cfg, device
         self.num_workers, self.deterministic = num_workers, deterministic
+        self.epoch_listeners: list[EpochListener] = []  # called after `on_epoch_end`, on every rank
         self.dist = D.env_info()
         self.amp_dtype = S.autocast_dtype(cfg.amp, cfg.amp_dtype, device)  # None: full precision
         self.amp = self.amp_dtype is not None
@@ -257,6 +260,8 @@ class Trainer:
             P.write_files(run, self.curves, keys, self.fc.header)
             logger.info(P.format_line(rec, keys))
         self.on_epoch_end(epoch, rec)
+        for listener in self.epoch_listeners:
+            listener(epoch, rec)
 
     def _finish(self) -> FoldResult:
         run_dir, done = self.fc.run_dir, len(self.curves["epoch"])
@@ -309,8 +314,10 @@ def train_fold(
     num_workers: int | None = None,
     deterministic: bool = False,
     group_by: str | None = None,
+    on_epoch: EpochListener | None = None,
 ) -> FoldResult:
-    """Train one fold (``fold`` int or "all") of a configuration; returns where the results are."""
+    """Train one fold (``fold`` int or "all") of a configuration; returns where the results are. `on_epoch(epoch,
+    record)` is called after every epoch's checkpoint (e.g. to show progress)."""
     dev, info = setup_runtime(device, deterministic)
     fc = fold_context(ws, dataset, plans, configuration_name, fold, trainer, group_by, write=info.is_main)
     ckpt, train_config = find_resume_state(fc.run_dir, train_config, resume)
@@ -319,4 +326,7 @@ def train_fold(
     if num_workers is None and info.enabled:
         num_workers = default_num_workers() // int(os.environ.get("LOCAL_WORLD_SIZE", info.world_size))
     extra = train_config.trainer_kwargs  # the trainer class's own keyword arguments (--set trainer_kwargs.KEY=...)
-    return trainers.create(trainer, fc, train_config, dev, num_workers, deterministic, kwargs=extra).run(ckpt)
+    runner = trainers.create(trainer, fc, train_config, dev, num_workers, deterministic, kwargs=extra)
+    if on_epoch is not None:
+        runner.epoch_listeners.append(on_epoch)
+    return runner.run(ckpt)

@@ -25,8 +25,7 @@ from autoseg.demo_stages import (
     StageClock,
     expected_seconds,
 )
-from autoseg.log import logger
-from autoseg.training.progress import EpochRecord, format_line
+from autoseg.training.progress import EpochRecord
 
 
 def test_demo_end_to_end_tiny(workspace, autoseg_log):
@@ -41,7 +40,6 @@ def test_demo_end_to_end_tiny(workspace, autoseg_log):
         r"train fold 0: epoch 1/2 done \(\d+\.\d s per epoch\), about .* left in training", autoseg_log.text
     )
     assert "train fold 0: epoch 2/2 done" in autoseg_log.text
-    assert not any(isinstance(h, demo_stages._EpochWatcher) for h in logger.handlers)
     assert set(result.dice) == {"organ1 (large, bright)", "organ2 (small, dark)"}
     assert all(0.0 <= d <= 1.0 for d in result.dice.values())
     for what in ("plans", "training log", "progress plot", "metrics", "overlay"):
@@ -61,8 +59,8 @@ def test_demo_end_to_end_tiny(workspace, autoseg_log):
     ).is_file()
 
 
-def _epoch_line(epoch: int, seconds: float) -> str:
-    return format_line(EpochRecord(epoch, 0.5, 0.4, (0.9, 0.8), 0.85, 0.01, seconds, 0.1), (1, 2))
+def _record(epoch: int, seconds: float) -> EpochRecord:
+    return EpochRecord(epoch, 0.5, 0.4, (0.9, 0.8), 0.85, 0.01, seconds, 0.1)
 
 
 def test_the_estimates_follow_the_measured_speed(autoseg_log):
@@ -87,16 +85,16 @@ def test_the_speed_probe_is_a_factor_near_1_on_the_reference_machine():
     assert 0.01 < speed < 100  # a busy or a much faster machine moves it; a wrong unit would be off by 1000
 
 
-def test_the_training_stage_reads_the_trainers_epoch_lines(autoseg_log, monkeypatch):
+def test_the_training_stage_times_the_trainers_epochs(autoseg_log, monkeypatch):
     settings = DemoSettings(epochs=4)
     clock = StageClock(settings, DemoResult(DEMO_DATASET), Path("ws"))
-    now = iter([100.0, 130.0, 150.0, 160.0])  # stage start, epoch 1 logged, epoch 2 logged, stage end
+    now = iter([100.0, 130.0, 150.0, 160.0])  # stage start, epoch 1 done, epoch 2 done, stage end
     monkeypatch.setattr(demo_stages, "time", SimpleNamespace(perf_counter=lambda: next(now)))
+    timer = clock.epoch_timer()
 
     def train():
-        logger.info(_epoch_line(1, 20.0))  # a resumed run: epoch 0 ran before; this one began at 110
-        logger.info("some other line")
-        logger.info(_epoch_line(2, 18.0))
+        timer(1, _record(1, 20.0))  # a resumed run: epoch 0 ran before; this one began at 110
+        timer(2, _record(2, 18.0))
         return "trained"
 
     assert clock.run(TRAIN, train) == "trained"
@@ -105,4 +103,3 @@ def test_the_training_stage_reads_the_trainers_epoch_lines(autoseg_log, monkeypa
     assert "train fold 0: epoch 3/4 done (20.0 s per epoch)" in autoseg_log.text  # (150 - 110) / 2
     assert clock.last_epoch_done == 2 and clock.epoch_seconds == 20.0
     assert clock.result.seconds[TRAIN] == 60.0
-    assert not any(isinstance(h, demo_stages._EpochWatcher) for h in logger.handlers)
