@@ -124,9 +124,7 @@ def _write_onnx(zf: zipfile.ZipFile, src: ModelSource, models: dict[str, list[in
                 net.load_state_dict(load_weights(src.weights[c][f]))
                 zf.write(export_onnx(net, channels[c], cfg.patch_size, Path(tmp) / f"{c}_{f}.onnx"), onnx_file(c, f))
     intensity = src.plans.intensity if src.plans.intensity is not None else getattr(src.fingerprint, "intensity", None)
-    contract = onnx_contract(
-        src.plans, models, src.labels, intensity, channels, src.num_classes, src.scheme.activation
-    )
+    contract = onnx_contract(src.plans, models, src.labels, intensity, channels, src.num_classes, src.scheme.activation)
     zf.writestr(CONTRACT_FILE, dumps(contract))
 
 

@@ -48,7 +48,7 @@ def add_parsers(sub, common, fmt) -> None:
         description="Every image series under IN is one case (named as `autoseg predict` names it); its mask is a "
         "DICOM-SEG in IN that references the series (segments matched to --labels by name) or a NIfTI label map "
         "named CASE.nii.gz (or SeriesInstanceUID.nii.gz) that must lie on the series' grid. Series without a mask "
-        "go to imagesTs. Every problem is named before anything is written (pip install -e \".[dicom]\").",
+        'go to imagesTs. Every problem is named before anything is written (pip install -e ".[dicom]").',
         epilog="example: autoseg convert_dicom -i exports/ -d 501 --labels liver tumour --name LiverCT",
     )
     p.add_argument("-i", "--input", required=True, help="folder of DICOM series (and their masks)")

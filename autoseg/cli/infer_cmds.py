@@ -95,9 +95,7 @@ def add_parsers(sub, common, fmt) -> None:
     p.add_argument("-f", "--folds", nargs="+", default=None, help="folds to include (default: all finished)")
     p.add_argument("--plans", default="default", help="plans name")
     p.add_argument("--trainer", default="default", help="trainer name")
-    p.add_argument(
-        "--onnx", action="store_true", help="also each fold's network as ONNX and its contract onnx.json"
-    )
+    p.add_argument("--onnx", action="store_true", help="also each fold's network as ONNX and its contract onnx.json")
     p.set_defaults(handler=run_export)
 
     p = sub.add_parser(

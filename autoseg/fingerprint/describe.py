@@ -42,6 +42,4 @@ def describe_dataset(ws: Workspace, name: str) -> DatasetDescription:
         fp = DatasetFingerprint.load(ws.fingerprint_file(name))
         return DatasetDescription(dict(fp.labels), tuple(fp.channel_names), fp.file_ending, fp.regions_class_order)
     spec = load_dataset(ws.raw_dataset(name))
-    return DatasetDescription(
-        dict(spec.labels), tuple(spec.channel_names), spec.file_ending, spec.regions_class_order
-    )
+    return DatasetDescription(dict(spec.labels), tuple(spec.channel_names), spec.file_ending, spec.regions_class_order)
