@@ -2,7 +2,7 @@
 
 The estimates start from a cost model of each stage (seconds measured on a 2-core reference machine, scaled by the
 settings' voxels, cases and iterations) and are rescaled by how fast this machine is: a short convolution probe
-before the first stage, then the training's own epochs (the trainer calls `StageClock.epoch_timer()` after each).
+before the first stage, then the training's own epochs (the trainer calls the clock's `EpochTimer` after each).
 """
 
 from __future__ import annotations
