@@ -38,9 +38,19 @@ from autoseg.evaluation.statistics import case_statistics
 from autoseg.inference.export import NetworkOutput, restore_probabilities, restored_argmax
 from autoseg.planning.plans import Configuration
 from autoseg.preprocessing.preprocess import target_spacing
-from autoseg.resources import COPIES, case_bytes, choose_workers, describe
+from autoseg.resources import COPIES, case_bytes, choose_workers, describe, usable_cores
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")  # per worker: cores / (workers + 1)
+
+
+def thread_budget() -> int:
+    """Threads one export may use: what the Exporter gave its pool worker (OMP_NUM_THREADS), else the usable cores."""
+    try:
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    except (KeyError, ValueError):
+        return usable_cores()
+
+
 IDLE_TIMEOUT_S = 20  # idle export workers exit after this long (also after a killed run)
 
 
@@ -96,7 +106,8 @@ def export_case(job: ExportJob) -> ExportResult:
 
 def _export(job: ExportJob) -> tuple[Path, list]:
     if job.npz is None and (job.scheme is None or not job.scheme.has_regions):  # labels only: a class at a time
-        return _write(job, apply_postprocessing(restored_argmax(job.members), job.postprocessing))
+        labels = restored_argmax(job.members, thread_budget())
+        return _write(job, apply_postprocessing(labels, job.postprocessing))
     probs = None
     for member in job.members:  # one member's raw-grid probabilities at a time (summed in member order)
         restored = restore_probabilities(*member).astype(np.float32, copy=False)
@@ -142,7 +153,7 @@ class Exporter:
             # a private loky pool, not the process-wide reusable one: joblib.Parallel (evaluation, preprocessing)
             # reuses that one and cannot share it with a pool made outside joblib
 
-            threads = str(max(1, (os.cpu_count() or 1) // (self.workers + 1)))
+            threads = str(max(1, usable_cores() // (self.workers + 1)))
             env = {name: threads for name in THREAD_VARIABLES}
             self.pool = ProcessPoolExecutor(max_workers=self.workers, env=env, timeout=IDLE_TIMEOUT_S)
         return self

@@ -26,6 +26,7 @@ from autoseg.device import resolve_device
 from autoseg.errors import ConfigError, problems_error
 from autoseg.evaluation.statistics import statistics_from_files, write_statistics_csv
 from autoseg.inference.backends.choice import backend_networks
+from autoseg.inference.backends.precision import resolve_precision
 from autoseg.inference.configurations import choose_configurations
 from autoseg.inference.dicom_inputs import OUTPUT_TYPES, SEG_ENDING, seg_writer, series_statistics
 from autoseg.inference.export import NetworkOutput, restore_probabilities
@@ -78,7 +79,7 @@ class Predictor:
             )
         self.folds = tuple(chosen)
         self.device = torch.device(device) if device is not None else resolve_device(None)
-        self.precision = precision or ("fp16" if self.device.type == "cuda" else "fp32")
+        self.precision = precision or resolve_precision("auto", self.device, backend)
         self.memoize = False  # keep the last case's output: another predictor of the ensemble uses it too
         self._memo = None
         self.labels = source.scheme.foreground_labels

@@ -6,8 +6,10 @@ import pytest
 from autoseg.data.geometry import Geometry
 from autoseg.data.image_io import read_label
 from autoseg.inference.export import restore_labels, restore_probabilities, write_segmentation
+from autoseg.inference.exporter import thread_budget
 from autoseg.planning.plans import Configuration, NetworkSpec
 from autoseg.preprocessing.storage import CaseProperties
+from autoseg.resources import usable_cores
 
 CFG = Configuration(
     name="3d_fullres",
@@ -84,3 +86,10 @@ def test_write_segmentation_keeps_geometry(tmp_path):
     arr, back = read_label(write_segmentation(tmp_path / "s.nii.gz", labels, geo))
     np.testing.assert_array_equal(arr, labels)
     assert back.matches(geo) == []
+
+
+def test_an_export_uses_the_thread_budget_its_pool_worker_was_given(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # what Exporter sets for its pool workers: cores / (workers + 1)
+    assert thread_budget() == 3
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert thread_budget() == usable_cores()
